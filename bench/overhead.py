@@ -1,0 +1,116 @@
+"""Trainer overhead against a bare PyTorch loop: same model, data, batch size and step count.
+
+The trainer runs with its thread, journal and automatic checkpoints at the default cadence (no UI,
+no evaluation, since the bare loop does none). Each run is a fresh process (OpenMP thread teams left
+by one run slow down the next), runs are interleaved, and each side reports its median, because the
+machines here are shared and noisy. The last line is the summary.
+
+    python bench/overhead.py [--tasks spirals digits] [--steps 3000] [--repeats 5] [--device auto]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from trainer import RunConfig, Trainer, load_task  # noqa: E402
+from trainer.engine import build_optimizer, resolve_device  # noqa: E402
+from trainer.hparams import HParams, validate  # noqa: E402
+
+
+def bare_loop(task_name: str, steps: int, device: torch.device, seed: int = 0, fused: bool = False) -> float:
+    """The loop a user would write by hand: shuffle each epoch, slice, forward, backward, step.
+
+    fused=False is PyTorch's default optimizer kernel (what a hand-written loop gets); fused=True is
+    the kernel the trainer uses, so that comparison isolates the trainer's own overhead."""
+    torch.manual_seed(seed)
+    task = load_task(task_name, seed=seed)
+    model = task.model.to(device)
+    hp = validate(HParams(), task.defaults)
+    opt = build_optimizer(RunConfig(), model.parameters(), hp, fused=fused)
+    x, y = (t.to(device) for t in task.train_data.tensors)
+    n, bs = len(x), hp.batch_size
+    g = torch.Generator().manual_seed(seed)
+    perm, pos = torch.randperm(n, generator=g), 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        idx = perm[pos:pos + bs].to(device)
+        pos += bs
+        if pos >= n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        loss = task.loss(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    loss.item()  # wait for the device
+    return steps / (time.perf_counter() - t0)
+
+
+def trainer_run(task_name: str, steps: int, device: str, root: str, seed: int = 0) -> float:
+    cfg = RunConfig(task=task_name, run_dir=tempfile.mkdtemp(dir=root), max_steps=steps, seed=seed,
+                    device=device, eval_every=0, eval_at_epoch_end=False)
+    t = Trainer.create(cfg)
+    t0 = time.perf_counter()
+    t.start()
+    t.wait()
+    rate = steps / (time.perf_counter() - t0)
+    assert t.step == steps and t.state == "done", (t.step, t.state, t.error)
+    t.close()
+    return rate
+
+
+def one(kind: str, name: str, steps: int, device: str) -> float:
+    """Run one measurement in a fresh process; returns steps/s."""
+    out = subprocess.run([sys.executable, __file__, "--one", kind, "--tasks", name, "--steps", str(steps),
+                          "--device", device], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", nargs="+", default=["spirals", "digits"])
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--one", choices=("bare", "fused", "trainer"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    device = resolve_device(a.device)
+    torch.use_deterministic_algorithms(device.type == "cpu")  # as the trainer runs on the CPU
+    if a.one:
+        with tempfile.TemporaryDirectory() as root:
+            warm = 200  # allocator, kernels, lazy imports
+            if a.one in ("bare", "fused"):
+                bare_loop(a.tasks[0], warm, device, fused=a.one == "fused")
+                print(bare_loop(a.tasks[0], a.steps, device, fused=a.one == "fused"))
+            else:
+                trainer_run(a.tasks[0], warm, str(device), root)
+                print(trainer_run(a.tasks[0], a.steps, str(device), root))
+        return
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{a.steps} steps x {a.repeats} interleaved repeats, one process each")
+    ratios = {}
+    for name in a.tasks:
+        runs = {"bare": [], "fused": [], "trainer": []}
+        for _ in range(a.repeats):
+            for kind in runs:
+                runs[kind].append(one(kind, name, a.steps, str(device)))
+        b, f, o = (statistics.median(runs[k]) for k in runs)
+        ratios[name] = (o / b, o / f)
+        print(f"{name:8s} bare loop {b:6.0f} steps/s | bare loop, fused optimizer {f:6.0f} steps/s | "
+              f"trainer {o:6.0f} steps/s | ratio {o / b:.3f} (vs fused bare {o / f:.3f})")
+    print("summary: trainer/bare steps/s ratio " + ", ".join(f"{k} {v[0]:.3f}" for k, v in ratios.items())
+          + " (vs a bare loop with the same fused optimizer: "
+          + ", ".join(f"{k} {v[1]:.3f}" for k, v in ratios.items()) + f") on {device}, target >= 0.97")
+
+
+if __name__ == "__main__":
+    main()

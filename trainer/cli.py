@@ -1,0 +1,183 @@
+"""Headless CLI: `python -m trainer run|resume|checkpoints|export`."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from .config import OPTIMIZERS, ConfigError, RunConfig
+from .engine import RunExistsError, Trainer
+from .hparams import DECAYS, HParamError
+from .journal import Journal
+from .state import CheckpointError
+from .tasks import TaskError
+
+
+class CliError(Exception):
+    pass
+
+
+def _hparam_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("hyperparameters (default: the task's own)")
+    g.add_argument("--lr", type=float, help="learning rate alpha0, > 0")
+    g.add_argument("--momentum", type=float, help="SGD momentum or Adam beta1, in [0, 1)")
+    g.add_argument("--weight-decay", type=float, help="weight decay, >= 0")
+    g.add_argument("--lr-decay", choices=DECAYS, help="learning-rate decay schedule (per epoch)")
+    g.add_argument("--decay-rate", type=float, help="inverse-time: >= 0; exponential/step: in (0, 1]")
+    g.add_argument("--decay-every", type=int, help="step decay: epochs per step")
+    g.add_argument("--batch-size", type=int, help="mini-batch size")
+    g.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off")
+
+
+def _hparams(a: argparse.Namespace) -> dict:
+    keys = ("lr", "momentum", "weight_decay", "lr_decay", "decay_rate", "decay_every", "batch_size", "grad_clip")
+    return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trainer", description="Panda's headless trainer.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="start a new run")
+    r.add_argument("--task", default="spirals", help="spirals[:C], digits, quadratic, module:function or "
+                                                     "file.py:function (default: spirals)")
+    r.add_argument("--run-dir", help="run directory (default: runs/<task>-<time>)")
+    r.add_argument("--max-steps", type=int, default=2000, help="global step to stop at (default: 2000)")
+    r.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd")
+    r.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    r.add_argument("--seed", type=int, default=0, help="default: 0")
+    r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    r.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default: 200)")
+    r.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (default: 100)")
+    _hparam_args(r)
+    s = sub.add_parser("resume", help="continue a run from its latest checkpoint or another one")
+    s.add_argument("--run-dir", required=True)
+    s.add_argument("--from", dest="from_", type=int, help="checkpoint id (default: latest of current branch)")
+    s.add_argument("--max-steps", type=int, help="global step to stop at")
+    s.add_argument("--skip-batches", type=int, default=0, help="skip the next K batches after restoring")
+    s.add_argument("--device", help="override the run's device")
+    _hparam_args(s)
+    c = sub.add_parser("checkpoints", help="list a run's checkpoints")
+    c.add_argument("--run-dir", required=True)
+    c.add_argument("--json", action="store_true", help="print a JSON list")
+    e = sub.add_parser("export", help="export the current lineage's metrics")
+    e.add_argument("--run-dir", required=True)
+    e.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    e.add_argument("--out", required=True)
+    return p
+
+
+def _progress(t: Trainer) -> None:
+    """Train until the thread ends, with a progress bar (loss, steps/s). Ctrl-C stops cleanly."""
+    from tqdm import tqdm
+
+    total = t.cfg.max_steps or None
+    bar = tqdm(total=total, initial=t.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    signal.signal(signal.SIGTERM, lambda *_: t.stop())
+    last, t0 = t.step, time.perf_counter()
+    try:
+        while not t.wait(0.25) or t.state == "running":
+            st = t.status()
+            bar.update(st["step"] - last)
+            dt = time.perf_counter() - t0
+            bar.set_postfix(loss=f"{st['loss']:.4g}" if st["loss"] is not None else "-",
+                            steps_s=f"{(st['step'] - last) / dt:.0f}" if dt > 0 else "-", refresh=False)
+            last, t0 = st["step"], time.perf_counter()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        st = t.status()
+        bar.update(st["step"] - last)
+        bar.close()
+    err = t.error
+    t.close()
+    if err:
+        raise CliError(f"training error: {err}")
+
+
+def _cmd_run(a) -> None:
+    run_dir = a.run_dir or f"runs/{a.task.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = RunConfig(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
+                    device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every)
+    t = Trainer.create(cfg, _hparams(a))
+    print(f"run {run_dir}: task {a.task} on {t.device}", file=sys.stderr)
+    t.start()
+    _progress(t)
+
+
+def _cmd_resume(a) -> None:
+    over = {k: v for k, v in (("max_steps", a.max_steps), ("device", a.device)) if v is not None}
+    t = Trainer.open(a.run_dir, checkpoint=a.from_, hparams=_hparams(a), skip_batches=a.skip_batches, **over)
+    print(f"run {a.run_dir}: resumed at step {t.step} on branch {t.branch}", file=sys.stderr)
+    r = t.start().wait()
+    if not r.ok:
+        t.close()
+        raise CliError(r.message)
+    _progress(t)
+
+
+def _checkpoint_rows(run_dir: str) -> list[dict]:
+    j = _journal(run_dir)
+    rows = []
+    for c in j.checkpoints():
+        rows.append({"id": c["id"], "step": c["step"], "epoch": c["epoch"], "branch": c["branch"],
+                     "path": str(Path(run_dir) / c["path"]), "train_loss": c["train_loss"],
+                     "val_loss": c["val_loss"], "hparams": c["hparams"], "label": c["label"],
+                     "kind": c["kind"], "parent": c["parent"], "time": c["wall"]})
+    return rows
+
+
+def _journal(run_dir: str) -> Journal:
+    path = Path(run_dir) / "journal.sqlite"
+    if not path.exists():
+        raise CliError(f"run directory {run_dir} holds no run (no journal.sqlite)")
+    return Journal(path)
+
+
+def _cmd_checkpoints(a) -> None:
+    rows = _checkpoint_rows(a.run_dir)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{'id':>4} {'step':>7} {'epoch':>5} {'branch':>6} {'train':>9} {'val':>9}  {'lr':>9}  label / path")
+    for r in rows:
+        f = lambda v: f"{v:9.4g}" if v is not None else f"{'-':>9}"
+        print(f"{r['id']:>4} {r['step']:>7} {r['epoch']:>5} {r['branch']:>6} {f(r['train_loss'])} {f(r['val_loss'])}"
+              f"  {r['hparams'].get('lr', 0):9.3g}  {r['label'] or ''} {r['path']}")
+
+
+def _cmd_export(a) -> None:
+    j = _journal(a.run_dir)
+    branch = int(j.meta().get("branch", 0))
+    rows = j.metrics(branch)
+    evals = {e["step"]: e for e in j.evals(branch)}
+    for r in rows:
+        e = evals.get(r["step"], {})
+        r.update({k: e.get(k) for k in ("val_loss", "val_acc", "train_acc")})
+    if a.format == "csv":
+        with open(a.out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise CliError("parquet export needs pyarrow: pip install pyarrow") from None
+        pq.write_table(pa.Table.from_pylist(rows), a.out)
+    print(f"wrote {len(rows)} rows to {a.out}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        {"run": _cmd_run, "resume": _cmd_resume, "checkpoints": _cmd_checkpoints, "export": _cmd_export}[a.cmd](a)
+    except (CliError, ConfigError, HParamError, TaskError, CheckpointError, RunExistsError,
+            FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

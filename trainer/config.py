@@ -1,0 +1,58 @@
+"""The run's fixed settings: chosen when a run starts, stored in its journal, never changed live."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "spirals"  # built-in name, package.module:function or path/to/file.py:function
+    run_dir: str = "runs/default"  # where the journal and checkpoints live
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    nesterov: bool = False  # SGD only
+    seed: int = 0  # seeds data order, model init and every RNG
+    device: str = "auto"  # auto (cuda when present, else cpu) | cpu | cuda | cuda:N
+    max_steps: int = 0  # global step at which the run stops, counted across resumes; 0 = no limit
+    ckpt_every: int = 200  # automatic checkpoint cadence in steps; 0 = off
+    eval_every: int = 100  # evaluation cadence in steps (also at each epoch end); 0 = epoch ends only
+    eval_at_epoch_end: bool = True
+    keep_last: int = 5  # automatic checkpoints kept on disk (manual, labelled and best are always kept)
+    ring_size: int = 8  # in-memory snapshots for fast short rollbacks
+    log_every: int = 10  # steps between loss read-backs from the device
+    deterministic: bool = True  # torch.use_deterministic_algorithms on CPU
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.nesterov and self.optimizer != "sgd":
+            raise ConfigError("nesterov: only SGD has Nesterov momentum")
+        for name in ("max_steps", "ckpt_every", "eval_every", "keep_last", "ring_size", "log_every", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name}: must be an integer >= 0, got {v!r}")
+        if self.log_every < 1:
+            raise ConfigError("log_every: must be >= 1")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown setting; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def replace(self, **kw) -> "RunConfig":
+        return self.from_dict({**dataclasses.asdict(self), **kw})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

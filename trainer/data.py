@@ -1,0 +1,87 @@
+"""Mini-batches in a reproducible order, with a position that a checkpoint can hold and restore."""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Dataset, TensorDataset, default_collate
+
+
+class Batches:
+    """Each epoch is one permutation drawn from a generator seeded by (seed, epoch).
+
+    The position is (epoch, offset in samples), so the batch size may change mid-epoch and a
+    restored run draws exactly the batches the straight run would have drawn. A short last batch
+    ends the epoch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, device: torch.device):
+        self.dataset, self.seed, self.device = dataset, seed, device
+        self.n = len(dataset)
+        # Tensor datasets are indexed directly on the device: no per-sample Python on the hot path.
+        self.tensors = None
+        if isinstance(dataset, TensorDataset):
+            self.tensors = [t.to(device) for t in dataset.tensors]
+        self.generator = torch.Generator()
+        self.epoch, self.offset, self.batch_index = 0, 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.n, generator=self.generator)
+
+    def next(self, batch_size: int) -> tuple[object, bool]:
+        """Return (batch, epoch_ended)."""
+        idx = self._perm[self.offset:self.offset + batch_size]
+        self.offset += len(idx)
+        self.batch_index += 1
+        if self.tensors is not None:
+            idx = idx.to(self.device)
+            batch = [t[idx] for t in self.tensors]
+        else:
+            batch = _to(default_collate([self.dataset[i] for i in idx.tolist()]), self.device)
+        ended = self.offset >= self.n
+        if ended:
+            self.epoch, self.offset, self.batch_index = self.epoch + 1, 0, 0
+            self._perm = self._permutation()
+        return batch, ended
+
+    def skip(self, k: int, batch_size: int) -> int:
+        """Skip k batches without loading them (the PaLM recipe after a loss spike); returns epochs ended."""
+        ended = 0
+        for _ in range(k):
+            self.offset = min(self.offset + batch_size, self.n)
+            self.batch_index += 1
+            if self.offset >= self.n:
+                self.epoch, self.offset, self.batch_index = self.epoch + 1, 0, 0
+                self._perm = self._permutation()
+                ended += 1
+        return ended
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset, "batch_index": self.batch_index,
+                "seed": self.seed, "generator": self.generator.get_state()}
+
+    def load_state(self, s: dict) -> None:
+        self.epoch, self.offset, self.batch_index = int(s["epoch"]), int(s["offset"]), int(s["batch_index"])
+        self._perm = self._permutation()
+        self.generator.set_state(s["generator"])
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    return batch
+
+
+def all_batches(dataset: Dataset, batch_size: int, device: torch.device, limit: int | None = None):
+    """Evaluation order: the dataset as it is, in fixed batches, optionally the first `limit` items."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if isinstance(dataset, TensorDataset):
+        for i in range(0, n, batch_size):
+            yield [t[i:min(i + batch_size, n)].to(device) for t in dataset.tensors]
+    else:
+        for i in range(0, n, batch_size):
+            yield _to(default_collate([dataset[j] for j in range(i, min(i + batch_size, n))]), device)

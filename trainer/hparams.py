@@ -1,0 +1,128 @@
+"""Live hyperparameters: one typed dataclass, validated in one place, and the lr schedule."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+DECAYS = ("none", "inverse-time", "exponential", "step")
+
+
+class HParamError(ValueError):
+    """A hyperparameter was rejected; `field` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class HParams:
+    lr: float = 0.1  # learning rate alpha0, finite and > 0; the schedule decays it from the step it was set
+    momentum: float = 0.9  # SGD momentum, or beta1 for Adam/AdamW; in [0, 1)
+    weight_decay: float = 0.0  # L2 (SGD/Adam) or decoupled (AdamW) decay; >= 0
+    lr_decay: str = "none"  # one of none | inverse-time | exponential | step
+    decay_rate: float = 0.0  # inverse-time: >= 0; exponential and step: in (0, 1]
+    decay_every: int = 1  # step decay: epochs per decay step; integer >= 1
+    batch_size: int = 64  # mini-batch size; integer from 1 to the training-set size
+    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off; >= 0
+
+
+_FIELDS = {f.name: f for f in fields(HParams)}
+
+
+def _as_float(name: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise HParamError(name, f"expected a number, got {type(v).__name__} {v!r}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise HParamError(name, f"must be finite, got {v}")
+    return v
+
+
+def _as_int(name: str, v: Any) -> int:
+    if isinstance(v, bool):
+        raise HParamError(name, f"expected an integer, got {v!r}")
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int):
+        raise HParamError(name, f"expected an integer, got {type(v).__name__} {v!r}")
+    return v
+
+
+def validate(base: HParams, changes: dict[str, Any], *, dataset_size: int | None = None,
+             nesterov: bool = False) -> HParams:
+    """Return `base` with `changes` applied, or raise HParamError naming the first bad field.
+
+    Nothing is mutated: on error the caller still holds the old, valid HParams.
+    """
+    if not isinstance(changes, dict):
+        raise HParamError("hparams", f"expected a mapping, got {type(changes).__name__}")
+    unknown = sorted(set(changes) - set(_FIELDS))
+    if unknown:
+        raise HParamError(unknown[0], f"unknown hyperparameter; known: {', '.join(_FIELDS)}")
+    clean: dict[str, Any] = {}
+    for name, v in changes.items():
+        if name == "lr_decay":
+            if v not in DECAYS:
+                raise HParamError(name, f"must be one of {', '.join(DECAYS)}, got {v!r}")
+            clean[name] = v
+        elif _FIELDS[name].type in ("int", int):
+            clean[name] = _as_int(name, v)
+        else:
+            clean[name] = _as_float(name, v)
+    hp = dataclasses.replace(base, **clean)
+    if not hp.lr > 0:
+        raise HParamError("lr", f"must be > 0, got {hp.lr}")
+    if not 0 <= hp.momentum < 1:
+        raise HParamError("momentum", f"must be in [0, 1), got {hp.momentum}")
+    if nesterov and hp.momentum == 0:
+        raise HParamError("momentum", "must be in (0, 1) with Nesterov, got 0")
+    if hp.weight_decay < 0:
+        raise HParamError("weight_decay", f"must be >= 0, got {hp.weight_decay}")
+    if hp.lr_decay == "inverse-time" and hp.decay_rate < 0:
+        raise HParamError("decay_rate", f"must be >= 0 for inverse-time decay, got {hp.decay_rate}")
+    if hp.lr_decay in ("exponential", "step") and not 0 < hp.decay_rate <= 1:
+        raise HParamError("decay_rate", f"must be in (0, 1] for {hp.lr_decay} decay, got {hp.decay_rate}")
+    if hp.decay_every < 1:
+        raise HParamError("decay_every", f"must be an integer >= 1, got {hp.decay_every}")
+    hi = dataset_size if dataset_size else "the training-set size"
+    if hp.batch_size < 1 or (dataset_size and hp.batch_size > dataset_size):
+        raise HParamError("batch_size", f"must be an integer from 1 to {hi}, got {hp.batch_size}")
+    if hp.grad_clip < 0:
+        raise HParamError("grad_clip", f"must be >= 0 (0 = off), got {hp.grad_clip}")
+    return hp
+
+
+def decayed_lr(hp: HParams, epochs_since_set: int) -> float:
+    """The effective learning rate `epochs_since_set` whole epochs after alpha0 was set."""
+    k = epochs_since_set
+    if hp.lr_decay == "inverse-time":
+        return hp.lr / (1.0 + hp.decay_rate * k)  # the course's alpha0 / (1 + decay_rate * epoch_num)
+    if hp.lr_decay == "exponential":
+        return hp.lr * hp.decay_rate ** k
+    if hp.lr_decay == "step":
+        return hp.lr * hp.decay_rate ** (k // hp.decay_every)
+    return hp.lr
+
+
+def to_dict(hp: HParams) -> dict[str, Any]:
+    return dataclasses.asdict(hp)
+
+
+# The course's advice: sample on a log scale. lr = 10^r, momentum = 1 - 10^r.
+def lr_from_exponent(r: float) -> float:
+    return 10.0 ** r
+
+
+def lr_exponent(lr: float) -> float:
+    return math.log10(lr)
+
+
+def momentum_from_exponent(r: float) -> float:
+    return 1.0 - 10.0 ** r
+
+
+def momentum_exponent(beta: float) -> float:
+    return math.log10(1.0 - beta)
