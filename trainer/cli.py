@@ -38,8 +38,13 @@ def _hparams(a: argparse.Namespace) -> dict:
     return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one clear line, not usage plus error
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer", description="Panda's headless trainer.")
+    p = _Parser(prog="python -m trainer", description="Panda's headless trainer.")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="start a new run")
     r.add_argument("--task", default="spirals", help="spirals[:C], digits, quadratic, module:function or "
@@ -71,26 +76,24 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _progress(t: Trainer) -> None:
-    """Train until the thread ends, with a progress bar (loss, steps/s). Ctrl-C stops cleanly."""
+    """Train until the run comes to rest, with a progress bar (steps/s, loss). Ctrl-C stops cleanly."""
     from tqdm import tqdm
 
-    total = t.cfg.max_steps or None
-    bar = tqdm(total=total, initial=t.step, unit="step", dynamic_ncols=True, file=sys.stderr)
-    signal.signal(signal.SIGTERM, lambda *_: t.stop())
-    last, t0 = t.step, time.perf_counter()
-    try:
-        while not t.wait(0.25) or t.state == "running":
-            st = t.status()
-            bar.update(st["step"] - last)
-            dt = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{st['loss']:.4g}" if st["loss"] is not None else "-",
-                            steps_s=f"{(st['step'] - last) / dt:.0f}" if dt > 0 else "-", refresh=False)
-            last, t0 = st["step"], time.perf_counter()
-    except KeyboardInterrupt:
-        pass
-    finally:
+    bar = tqdm(total=t.cfg.max_steps or None, initial=t.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+
+    def show():
         st = t.status()
-        bar.update(st["step"] - last)
+        bar.set_postfix(loss=f"{st['loss']:.4g}" if st["loss"] is not None else "-", refresh=False)
+        bar.update(st["step"] - bar.n)
+
+    signal.signal(signal.SIGTERM, lambda *_: t.stop())
+    try:
+        while not t.wait(0.25):
+            show()
+    except KeyboardInterrupt:
+        t.stop().wait()
+    finally:
+        show()
         bar.close()
     err = t.error
     t.close()

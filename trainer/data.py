@@ -56,6 +56,16 @@ class Batches:
                 ended += 1
         return ended
 
+    def position(self) -> tuple[int, int, int]:
+        return self.epoch, self.offset, self.batch_index
+
+    def seek(self, pos: tuple[int, int, int]) -> None:
+        """Go back to a position from position(), e.g. to undo a failed step."""
+        if pos[0] != self.epoch:
+            self.epoch = pos[0]
+            self._perm = self._permutation()
+        self.epoch, self.offset, self.batch_index = pos
+
     def state(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset, "batch_index": self.batch_index,
                 "seed": self.seed, "generator": self.generator.get_state()}

@@ -95,6 +95,8 @@ class Trainer:
         self.task = task or load_task(cfg.task, seed=cfg.seed)
         self.model = self.task.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._buffers = [b for b in self.model.buffers()]
+        self._buffer_backup = [b.clone() for b in self._buffers]
         self.n_train = len(self.task.train_data)
         self.hp = validate(HParams(), {**self.task.defaults, **(hparams or {})},
                            dataset_size=self.n_train, nesterov=cfg.nesterov)
@@ -231,24 +233,36 @@ class Trainer:
                 g["betas"] = (hp.momentum, g["betas"][1])
             else:
                 g["momentum"] = hp.momentum
-        epoch = self.batches.epoch
-        (x, y), epoch_ended = self.batches.next(hp.batch_size)
-        loss = self.task.loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        # get_total_norm's own checks cost more than the norm on small models; this is its core
-        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-        if hp.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
-        loss, gnorm = loss.detach(), gnorm.detach()
-        if self.sync_free:
-            opt.found_inf = (~(torch.isfinite(loss) & torch.isfinite(gnorm))).float()
-        else:  # on the CPU reading a scalar costs nothing
-            loss, gnorm = loss.item(), gnorm.item()
-            if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                raise Diverged(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
-                               f"{self.step + 1} (loss {loss}, grad norm {gnorm}); the step was not applied")
+        epoch, pos = self.batches.epoch, self.batches.position()
+        if self._buffers:  # BatchNorm's running stats change in forward; keep them to undo a bad step
+            torch._foreach_copy_(self._buffer_backup, self._buffers)
+        try:
+            (x, y), epoch_ended = self.batches.next(hp.batch_size)
+            loss = self.task.loss(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grads = [p.grad for p in self.params if p.grad is not None]
+            # get_total_norm's own checks cost more than the norm on small models; this is its core
+            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+            if hp.grad_clip:
+                torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
+            loss, gnorm = loss.detach(), gnorm.detach()
+            if self.sync_free:
+                finite = torch.isfinite(loss) & torch.isfinite(gnorm)
+                opt.found_inf = (~finite).float()
+                for b, k in zip(self._buffers, self._buffer_backup):
+                    b.copy_(torch.where(finite, b, k))
+            else:  # on the CPU reading a scalar costs nothing
+                loss, gnorm = loss.item(), gnorm.item()
+                if not (math.isfinite(loss) and math.isfinite(gnorm)):
+                    raise Diverged(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
+                                   f"{self.step + 1} (loss {loss}, grad norm {gnorm}); the step was not applied")
+        except BaseException:  # undo the half step: same batch next time, buffers as they were
+            self.batches.seek(pos)
+            if self._buffers:
+                torch._foreach_copy_(self._buffers, self._buffer_backup)
+            opt.zero_grad(set_to_none=True)
+            raise
         opt.step()
         self.step += 1
         n = len(y)

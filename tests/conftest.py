@@ -1,0 +1,52 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = Path(__file__).resolve().parent / "plugins"
+sys.path.insert(0, str(ROOT))
+
+from trainer import RunConfig, Trainer  # noqa: E402
+
+
+def run_to(t: Trainer, step: int, timeout: float = 120) -> None:
+    """Train until the global step `step` (the trainer stops there), and wait for it."""
+    assert t.set_max_steps(step).wait().ok
+    r = (t.resume() if t.state in ("paused", "error") else t.start()).wait()
+    assert r.ok or t.step == step, r
+    assert t.wait(timeout), "training did not come to rest"
+    assert t.step == step, (t.step, t.state, t.error)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Bit-identical model and optimizer state (a and b are state.capture() dicts or loaded files)."""
+    ma, mb = a["model"], b["model"]
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), f"model.{k} differs"
+    oa, ob = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert oa.keys() == ob.keys()
+    for i in oa:
+        for k in oa[i]:
+            va, vb = oa[i][k], ob[i][k]
+            assert (torch.equal(va, vb) if isinstance(va, torch.Tensor) else va == vb), f"optimizer {i}.{k} differs"
+    assert a["counters"]["step"] == b["counters"]["step"]
+    assert {k: a["data"][k] for k in ("epoch", "offset")} == {k: b["data"][k] for k in ("epoch", "offset")}
+
+
+@pytest.fixture
+def make(tmp_path):
+    """make(name, **config) -> a new Trainer in tmp_path/name; closed after the test."""
+    made = []
+
+    def _make(name="run", hparams=None, **cfg):
+        cfg.setdefault("task", "spirals")
+        t = Trainer.create(RunConfig(run_dir=str(tmp_path / name), **cfg), hparams)
+        made.append(t)
+        return t
+
+    yield _make
+    for t in made:
+        t.close()

@@ -1,0 +1,95 @@
+"""Built-in tasks against the course's numbers, evaluation mode, and plugin errors."""
+import pytest
+import torch
+
+from conftest import PLUGINS, run_to
+from trainer import RunConfig, TaskError, Trainer, load_task
+
+
+def test_quadratic_reproduces_the_course(make):
+    t = make(task="quadratic", optimizer="sgd", ckpt_every=0)
+    assert t.hp.lr == 0.01 and t.hp.momentum == 0.0
+    assert t.model.w.item() == 0.0
+    run_to(t, 1)
+    assert t.model.w.item() == pytest.approx(0.1, abs=1e-7)  # w - 0.01 * (2w - 10) at w = 0
+    run_to(t, 1000)
+    assert abs(t.model.w.item() - 5.0) < 1e-4
+
+
+def test_quadratic_coefficients_are_data():
+    task = load_task("quadratic")
+    x, _ = task.train_data[0]
+    assert x.tolist() == [1.0, -10.0, 25.0]
+    with torch.no_grad():
+        task.model.w.fill_(5.0)
+        assert task.model(x).item() == 0.0  # (w - 5)^2
+
+
+@pytest.mark.parametrize("classes", [3, 4, 5, 6])
+def test_spirals_classes_and_grid(classes):
+    task = load_task(f"spirals:{classes}")
+    assert len(set(task.train_data.tensors[1].tolist())) == classes
+    task.model.eval()
+    with torch.no_grad():
+        g = task.grid(task.model, torch.device("cpu"))
+    assert g["probs"].shape == (60, 60, classes)
+    assert abs(g["probs"].sum(-1) - 1).max() < 1e-5
+
+
+def test_spirals_rejects_bad_class_count():
+    with pytest.raises(TaskError, match="from 3 to 6"):
+        load_task("spirals:9")
+
+
+def test_evaluation_uses_running_averages_and_restores_train_mode(make):
+    t = make(eval_every=10, ckpt_every=0)
+    run_to(t, 30)
+    assert t.model.training
+    # reference: the validation loss computed by hand in eval mode
+    x, y = t.task.val_data.tensors
+    t.model.eval()
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(t.model(x), y).item()
+        acc = (t.model(x).argmax(1) == y).float().mean().item()
+    t.model.train()
+    assert t.view["eval"]["val_loss"] == pytest.approx(ref, rel=1e-5)
+    assert t.view["eval"]["val_acc"] == pytest.approx(acc)
+    assert "grid" in t.view
+
+
+def test_digits_reports_accuracy(make):
+    t = make(task="digits", eval_every=100, ckpt_every=0)
+    run_to(t, 200)
+    assert t.view["eval"]["val_acc"] > 0.85
+
+
+def test_plugin_by_module_path(make, monkeypatch):
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    task = load_task("noisy:make")
+    assert len(task.train_data) == 200
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("import_error.py:make", "import failed: ModuleNotFoundError"),
+    ("broken.py:wrong_type", "must return trainer.Task, got dict"),
+    ("broken.py:raises", "the function raised RuntimeError: no GPU quota left"),
+    ("broken.py:iterable", "train_data must be a map-style Dataset"),
+    ("broken.py:missing", "has no function 'missing'"),
+    ("nowhere.py:make", "no such file"),
+    ("no_such_module:make", "import failed"),
+    ("justaname", "expected a built-in"),
+])
+def test_broken_plugins_get_a_clear_error_naming_the_plugin(spec, words, tmp_path):
+    spec = str(PLUGINS / spec) if spec.endswith(("py:make", "type", "raises", "iterable", "missing")) else spec
+    with pytest.raises(TaskError) as e:
+        Trainer.create(RunConfig(task=spec, run_dir=str(tmp_path / "r")))
+    assert words in str(e.value) and spec in str(e.value)
+    assert not (tmp_path / "r").exists()  # nothing was created
+
+
+def test_diverging_spirals_keeps_batchnorm_stats_finite(make):
+    t = make(hparams={"lr": 1e30}, ckpt_every=0, eval_every=0, eval_at_epoch_end=False)
+    assert t.set_max_steps(100).wait().ok
+    t.start().wait()
+    assert t.wait(30) and t.state == "error"
+    assert all(torch.isfinite(b.float()).all() for b in t.model.buffers())
