@@ -233,7 +233,7 @@ class Trainer:
                 g["betas"] = (hp.momentum, g["betas"][1])
             else:
                 g["momentum"] = hp.momentum
-        epoch, pos = self.batches.epoch, self.batches.position()
+        pos = self.batches.position()
         if self._buffers:  # BatchNorm's running stats change in forward; keep them to undo a bad step
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         try:
@@ -269,7 +269,8 @@ class Trainer:
         self.samples += n
         dt = time.perf_counter() - t0
         self.train_time += dt
-        self._pending.append((self.branch, self.step, epoch, loss, lr, hp.momentum, hp.weight_decay,
+        progress = self.batches.epoch + self.batches.offset / self.n_train  # fractional epoch, for the x-axis
+        self._pending.append((self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
                               n, gnorm, n / dt if dt > 0 else 0.0, time.time()))
         if self.step % self.cfg.log_every == 0:
             self._readback()

@@ -17,7 +17,7 @@ from typing import Any, Callable
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS steps (
-    branch INTEGER NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, loss REAL,
+    branch INTEGER NOT NULL, step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL,
     lr REAL, momentum REAL, weight_decay REAL, batch_size INTEGER, grad_norm REAL,
     samples_per_s REAL, wall REAL, PRIMARY KEY (branch, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS evals (
@@ -179,28 +179,32 @@ class Journal:
             segs.append((branch, -1, upto))
         return segs[::-1]
 
-    def _lineage_rows(self, table: str, cols: str, branch: int, since_step: int) -> list[dict]:
+    def _lineage_rows(self, table: str, branch: int, since_step: int, stride: int = 1) -> list[dict]:
         rows: list[dict] = []
         for b, after, upto in self.lineage(branch):
             hi = 2 ** 62 if upto == float("inf") else upto
-            rows += self.query(f"SELECT {cols} FROM {table} WHERE branch = ? AND step > ? AND step <= ? "
-                               "ORDER BY step", (b, max(after, since_step), hi))
+            rows += self.query(f"SELECT * FROM {table} WHERE branch = ? AND step > ? AND step <= ? "
+                               "AND step % ? = 0 ORDER BY step", (b, max(after, since_step), hi, stride))
         return rows
 
     def metrics(self, branch: int, since_step: int = 0, max_points: int | None = None) -> list[dict]:
         """Per-step metrics of `branch`'s lineage (its ancestors up to each fork), after `since_step`.
 
-        `max_points` keeps the first and last row and every k-th between: the seam for a
-        min/max downsampler once runs reach 10^6 steps.
+        With `max_points`, every k-th step (and the last) is returned, chosen in SQL: the seam where a
+        min/max downsampler goes once runs reach 10^6 steps.
         """
-        rows = self._lineage_rows("steps", "*", branch, since_step)
-        if max_points and len(rows) > max_points:
-            k = -(-len(rows) // max_points)
-            rows = rows[:-1:k] + rows[-1:]
+        stride = 1
+        if max_points:
+            last = self.query("SELECT MAX(step) AS s FROM steps WHERE branch = ?", (branch,))[0]["s"] or 0
+            stride = max(1, -(-(last - since_step) // max_points))
+        rows = self._lineage_rows("steps", branch, since_step, stride)
+        if stride > 1:
+            tail = self._lineage_rows("steps", branch, max(since_step, rows[-1]["step"] if rows else 0))
+            rows += tail[-1:]
         return rows
 
     def evals(self, branch: int, since_step: int = 0) -> list[dict]:
-        return self._lineage_rows("evals", "*", branch, since_step)
+        return self._lineage_rows("evals", branch, since_step)
 
     def branch_metrics(self, branch: int) -> list[dict]:
         """A branch's own rows (after its fork), e.g. an abandoned path drawn faded."""
