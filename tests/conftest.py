@@ -50,3 +50,11 @@ def make(tmp_path):
     yield _make
     for t in made:
         t.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.rep_call = rep  # lets fixtures keep a screenshot when the test failed

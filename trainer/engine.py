@@ -70,6 +70,7 @@ class Trainer:
         self._pending: list[tuple] = []  # per-step records not yet read back from the device
         self._last_loss: float | None = None
         self._sps = 0.0
+        self._window = [0, 0.0]  # samples since the last read-back and when it was, for samples/s
         self._cmds: collections.deque[Command] = collections.deque()
         self._cond = threading.Condition()
         self._ring: collections.OrderedDict[int, dict] = collections.OrderedDict()
@@ -151,6 +152,8 @@ class Trainer:
         t.journal.set_meta("config", cfg.to_dict())
         if checkpoint is None:
             mine = [c for c in t.journal.checkpoints() if c["branch"] == t.branch]
+            if not mine and t.journal.last_step(t.branch) == 0:
+                return t  # it never trained: the fresh state is exactly where it was
             if not mine:
                 t.close()
                 raise ckpt.CheckpointError(f"run {run_dir}: branch {t.branch} has no checkpoint to resume from")
@@ -269,9 +272,10 @@ class Trainer:
         self.samples += n
         dt = time.perf_counter() - t0
         self.train_time += dt
+        self._window[0] += n
         progress = self.batches.epoch + self.batches.offset / self.n_train  # fractional epoch, for the x-axis
         self._pending.append((self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
-                              n, gnorm, n / dt if dt > 0 else 0.0, time.time()))
+                              hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time()))
         if self.step % self.cfg.log_every == 0:
             self._readback()
         if epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
@@ -294,8 +298,10 @@ class Trainer:
                            "that step was skipped on the device")
         if rows:
             self._last_loss = rows[-1][3]
-            busy = sum(r[7] / r[9] for r in rows if r[9] > 0)
-            self._sps = sum(r[7] for r in rows) / busy if busy > 0 else 0.0
+            now = time.perf_counter()
+            if now > self._window[1]:  # wall-clock throughput: evaluation and checkpoints count too
+                self._sps = self._window[0] / (now - self._window[1])
+            self._window = [0, now]
         self.journal.log_steps(rows)
 
     @torch.no_grad()
@@ -375,6 +381,7 @@ class Trainer:
         if self.cfg.max_steps and self.step >= self.cfg.max_steps:
             return Result(False, self.step, f"the step limit {self.cfg.max_steps} is reached; raise it first")
         self.state, self.error = "running", None
+        self._window = [0, time.perf_counter()]
         self._event("start", f"training started at step {self.step + 1}")
         return Result(True, self.step + 1)
 
@@ -389,6 +396,7 @@ class Trainer:
         if self.state not in ("paused", "error"):
             return Result(False, self.step, f"not paused ({self.state})")
         self.state, self.error = "running", None
+        self._window = [0, time.perf_counter()]
         self._event("resume", f"resumed at step {self.step + 1}")
         return Result(True, self.step + 1)
 

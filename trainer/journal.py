@@ -206,27 +206,35 @@ class Journal:
     def evals(self, branch: int, since_step: int = 0) -> list[dict]:
         return self._lineage_rows("evals", branch, since_step)
 
-    def branch_metrics(self, branch: int) -> list[dict]:
+    def branch_metrics(self, branch: int, max_points: int | None = None) -> list[dict]:
         """A branch's own rows (after its fork), e.g. an abandoned path drawn faded."""
-        return self.query("SELECT * FROM steps WHERE branch = ? ORDER BY step", (branch,))
+        stride = 1
+        if max_points:
+            n = self.query("SELECT COUNT(*) AS n FROM steps WHERE branch = ?", (branch,))[0]["n"]
+            stride = max(1, -(-n // max_points))
+        return self.query("SELECT * FROM steps WHERE branch = ? AND step % ? = 0 ORDER BY step", (branch, stride))
 
-    def other_branches(self, branch: int) -> list[dict]:
-        """Branches not on `branch`'s lineage, each with its own steps, for drawing as faded paths."""
-        mine = {b for b, _, _ in self.lineage(branch)}
-        out = []
-        for b in self.branches():
-            if b["id"] not in mine:
-                out.append({**b, "steps": self.branch_metrics(b["id"])})
-        # The part of an ancestor after the fork point is abandoned too.
-        for b, after, upto in self.lineage(branch):
+    def other_branches(self, branch: int, max_points: int | None = None) -> list[dict]:
+        """The abandoned paths, seen from `branch`: every branch off its lineage, and each ancestor's
+        steps after the fork that left it. Each comes with its own steps, for drawing faded."""
+        lineage = self.lineage(branch)
+        mine = {b for b, _, _ in lineage}
+        out = [{**b, "steps": self.branch_metrics(b["id"], max_points)} for b in self.branches() if b["id"] not in mine]
+        for b, _, upto in lineage:
             if upto != float("inf"):
-                rows = self.query("SELECT * FROM steps WHERE branch = ? AND step > ? ORDER BY step", (b, upto))
+                rows = [r for r in self.branch_metrics(b, max_points) if r["step"] > upto]
                 if rows:
                     out.append({"id": b, "parent": None, "fork_step": upto, "reason": "abandoned", "steps": rows})
         return out
 
-    def events(self, since_id: int = 0, limit: int = 1000) -> list[dict]:
-        return self.query("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (since_id, limit))
+    def events(self, since_id: int = 0, limit: int = 1000, kinds: tuple[str, ...] | None = None,
+               newest_first: bool = False) -> list[dict]:
+        where = "id > ?" + (f" AND kind IN ({','.join('?' * len(kinds))})" if kinds else "")
+        rows = self.query(f"SELECT * FROM events WHERE {where} ORDER BY id {'DESC' if newest_first else ''} LIMIT ?",
+                          (since_id, *(kinds or ()), limit))
+        for r in rows:
+            r["data"] = json.loads(r["data"]) if r["data"] else None
+        return rows
 
     def checkpoints(self, include_deleted: bool = False) -> list[dict]:
         rows = self.query("SELECT * FROM checkpoints" + ("" if include_deleted else " WHERE deleted = 0")

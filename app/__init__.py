@@ -1,0 +1,1 @@
+"""Panda's Streamlit UI: each module draws one panel from engine data and sends engine commands."""

@@ -1,0 +1,79 @@
+"""Roll back: pick a checkpoint, optionally change hyperparameters or skip batches, and continue from it."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import streamlit as st
+
+from .common import report, trainer
+
+ss = st.session_state
+
+
+def _label(c: dict) -> str:
+    loss = f" · loss {c['train_loss']:.4g}" if c["train_loss"] is not None else ""
+    return f"#{c['id']} · step {c['step']} · branch {c['branch']}{loss}" + (f" · {c['label']}" if c["label"] else "")
+
+
+def _restore() -> None:
+    cid = ss.get("restore_id")
+    if cid is None:
+        return
+    hp = {}
+    if ss.get("restore_change"):
+        for k in ("lr", "momentum"):
+            v = ss.get(f"restore_{k}")
+            if v is not None:
+                hp[k] = v
+    report(trainer().restore(int(cid), hparams=hp, skip_batches=int(ss.get("restore_skip") or 0)).wait(60),
+           f"Restore #{cid}")
+
+
+def metrics_csv() -> bytes:
+    t = trainer()
+    rows = t.journal.metrics(t.branch)
+    evals = {e["step"]: e for e in t.journal.evals(t.branch)}
+    out = io.StringIO()
+    fields = ["step", "epoch", "branch", "loss", "lr", "momentum", "weight_decay", "batch_size", "grad_norm",
+              "samples_per_s", "wall", "val_loss", "val_acc", "train_acc"]
+    w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        e = evals.get(r["step"], {})
+        w.writerow({**r, "val_loss": e.get("val_loss"), "val_acc": e.get("val_acc"), "train_acc": e.get("train_acc")})
+    return out.getvalue().encode()
+
+
+def restore_panel() -> None:
+    t = trainer()
+    rows = list(reversed(t.journal.checkpoints()))
+    if not rows:
+        return
+    by_id = {c["id"]: c for c in rows}
+    if ss.get("restore_id") not in by_id:
+        ss["restore_id"] = rows[0]["id"]
+    c1, c2 = st.columns([2.2, 1])
+    with c1:
+        st.selectbox("Checkpoint", list(by_id), key="restore_id", format_func=lambda i: _label(by_id[i]))
+        st.checkbox("Change hyperparameters on restore", key="restore_change",
+                    help="Applied after the checkpoint is loaded; the checkpoint's own settings never override them.")
+        if ss.get("restore_change"):
+            a, b = st.columns(2)
+            a.number_input("New learning rate", key="restore_lr", value=None, format="%.6g",
+                           placeholder="keep the checkpoint's")
+            b.number_input("New momentum", key="restore_momentum", value=None, format="%.6g",
+                           placeholder="keep the checkpoint's")
+    with c2:
+        st.number_input("Skip next K batches", key="restore_skip", min_value=0, step=1,
+                        help="After a loss spike, skip the batches that caused it (the PaLM recipe).")
+        st.button("Restore", key="btn_restore", type="primary", on_click=_restore, width="stretch",
+                  help="Load this checkpoint and continue from it; the abandoned path stays visible, faded.")
+    c = by_id[ss["restore_id"]]
+    path = Path(t.run_dir) / c["path"]
+    d1, d2 = st.columns(2)
+    d1.download_button("Download checkpoint", data=lambda p=path: p.read_bytes(), file_name=path.name,
+                       mime="application/octet-stream", key="dl_ckpt", width="stretch", on_click="ignore")
+    d2.download_button("Export metrics (CSV)", data=metrics_csv, file_name=f"{Path(t.run_dir).name}-metrics.csv",
+                       mime="text/csv", key="dl_csv", width="stretch", on_click="ignore")

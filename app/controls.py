@@ -1,0 +1,44 @@
+"""The run's remote control: Start, Pause, Resume, Stop, and Save checkpoint."""
+from __future__ import annotations
+
+import streamlit as st
+
+from .common import report, trainer
+
+ENABLED = {  # which buttons make sense in which state
+    "Start": ("ready", "stopped", "done"),
+    "Pause": ("running",),
+    "Resume": ("paused", "error"),
+    "Stop": ("running", "paused", "error"),
+}
+
+
+def _send(kind: str) -> None:
+    t = trainer()
+    report(getattr(t, kind.lower())().wait(10), kind)
+
+
+def _save() -> None:
+    label = st.session_state.get("ckpt_label", "").strip() or None
+    report(trainer().save_checkpoint(label).wait(30), "Save checkpoint")
+
+
+def _set_limit() -> None:
+    report(trainer().set_max_steps(int(st.session_state["max_steps"] or 0)).wait(10), "Step limit")
+
+
+def control_bar() -> None:
+    t = trainer()
+    state = t.state
+    cols = st.columns([1, 1, 1, 1, 0.3, 1.6, 2.4, 1.6], vertical_alignment="bottom")
+    for col, name in zip(cols, ENABLED):
+        col.button(name, key=f"btn_{name.lower()}", on_click=_send, args=(name,), disabled=state not in ENABLED[name],
+                   type="primary" if name in ("Start", "Resume") and state in ENABLED[name] else "secondary",
+                   width="stretch")
+    if "max_steps" not in st.session_state or st.session_state.get("_limit_seen") != t.cfg.max_steps:
+        st.session_state["max_steps"] = t.cfg.max_steps
+        st.session_state["_limit_seen"] = t.cfg.max_steps
+    cols[5].number_input("Stop at step (0 = never)", min_value=0, step=1000, key="max_steps", on_change=_set_limit)
+    cols[6].text_input("Checkpoint label", key="ckpt_label", placeholder="optional, e.g. before lr bump")
+    cols[7].button("Save checkpoint", key="btn_save", on_click=_save, width="stretch",
+                   disabled=state in ("error", "closed"))

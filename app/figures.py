@@ -1,0 +1,181 @@
+"""Pure figure builders: plain rows from the journal in, plotly figures out. No Streamlit here."""
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+BLUE, ORANGE, GREEN, GREY, RED = "#2563eb", "#f97316", "#16a34a", "#94a3b8", "#dc2626"
+CLASS_COLORS = ["#ef4444", "#3b82f6", "#22c55e", "#f59e0b", "#a855f7", "#14b8a6"]
+TIMELINE = (("lr", "lr", True), ("momentum", "momentum", False), ("weight_decay", "weight decay", False),
+            ("batch_size", "batch", False))
+X_TITLES = {"step": "step", "epoch": "epoch", "time": "wall time"}
+
+
+def ema(values: list[float | None], smoothing: float) -> list[float]:
+    """TensorBoard's debiased exponential moving average; non-finite values are skipped."""
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    out, last, n = [], 0.0, 0
+    for v in values:
+        if v is None or not math.isfinite(v):
+            out.append(float("nan"))
+            continue
+        n += 1
+        last = smoothing * last + (1 - smoothing) * v
+        out.append(last / (1 - smoothing ** n))
+    return out
+
+
+def xs(rows: list[dict], axis: str) -> list:
+    if axis == "step":
+        return [r["step"] for r in rows]
+    if axis == "epoch":
+        return [r["epoch"] for r in rows]
+    if axis == "time":
+        return [datetime.fromtimestamp(r["wall"]) for r in rows]
+    raise ValueError(f"x axis must be step, epoch or time, got {axis!r}")
+
+
+def _x_at(step: int, rows: list[dict], axis: str):
+    """The x position of `step` on this axis, taken from the nearest recorded row."""
+    if axis == "step" or not rows:
+        return step
+    lo, hi = 0, len(rows) - 1
+    while lo < hi:  # first row with row.step >= step
+        mid = (lo + hi) // 2
+        if rows[mid]["step"] < step:
+            lo = mid + 1
+        else:
+            hi = mid
+    return xs([rows[lo]], axis)[0]
+
+
+def _changes_only(rows: list[dict], key: str) -> list[dict]:
+    """A step function (drawn with line_shape "hv") needs only its first row, each row where the
+    value changes, and the last row: small chart payloads however long the run."""
+    return [r for i, r in enumerate(rows) if i == 0 or i == len(rows) - 1 or r[key] != rows[i - 1][key]]
+
+
+def marker_labels(events: list[dict]) -> dict[int, list[str]]:
+    """Hyperparameter changes and restores grouped by the step at which they take effect."""
+    out: dict[int, list[str]] = {}
+    for e in events:
+        data = e.get("data") or {}
+        if e["kind"] == "hparams":
+            out.setdefault(int(data.get("at_step", e["step"] + 1)), []).append(e["message"])
+        elif e["kind"] == "restore":
+            out.setdefault(int(e["step"]), []).append(f"restored #{data.get('checkpoint', '?')}")
+    return out
+
+
+def loss_figure(metrics: list[dict], evals: list[dict] | None = None, events: list[dict] | None = None,
+                checkpoints: list[dict] | None = None, branches: list[dict] | None = None, *,
+                smoothing: float = 0.6, log_y: bool = False, x_axis: str = "step", revision: str = "",
+                height: int = 640) -> go.Figure:
+    """The loss curve with its hyperparameter timeline underneath, on one shared x-axis."""
+    fig = make_subplots(rows=5, cols=1, shared_xaxes=True, vertical_spacing=0.025,
+                        row_heights=[0.52, 0.12, 0.12, 0.12, 0.12])
+    for i, b in enumerate(branches or []):  # abandoned paths, faded, from their fork step
+        rows = b["steps"]
+        fig.add_trace(go.Scatter(
+            x=xs(rows, x_axis), y=ema([r["loss"] for r in rows], smoothing), mode="lines",
+            line={"color": GREY, "width": 1.5}, opacity=0.45, name="abandoned branch",
+            legendgroup="abandoned", showlegend=i == 0,
+            hovertemplate=f"abandoned (branch {b['id']}, fork at step {b['fork_step']})<br>%{{x}}: %{{y:.4g}}"
+                          "<extra></extra>"), row=1, col=1)
+    x = xs(metrics, x_axis)
+    loss = [r["loss"] for r in metrics]
+    smooth = ema(loss, smoothing)
+    fig.add_trace(go.Scatter(x=x, y=loss, mode="lines", line={"color": BLUE, "width": 1}, opacity=0.25,
+                             name="train loss", hovertemplate="%{x}: %{y:.4g}<extra>train loss</extra>"),
+                  row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=smooth, mode="lines", line={"color": BLUE, "width": 2},
+                             name="train loss (smoothed)",
+                             hovertemplate="%{x}: %{y:.4g}<extra>smoothed</extra>"), row=1, col=1)
+    ev = [e for e in (evals or []) if e.get("val_loss") is not None]
+    if ev:
+        fig.add_trace(go.Scatter(x=[_x_at(e["step"], metrics, x_axis) for e in ev], y=[e["val_loss"] for e in ev],
+                                 mode="markers", marker={"color": ORANGE, "size": 6}, name="val loss",
+                                 hovertemplate="%{x}: %{y:.4g}<extra>val loss</extra>"), row=1, col=1)
+    if checkpoints:
+        by_step = {r["step"]: s for r, s in zip(metrics, smooth)}
+        cps = [c for c in checkpoints if c["step"] in by_step]
+        fig.add_trace(go.Scatter(
+            x=[_x_at(c["step"], metrics, x_axis) for c in cps], y=[by_step[c["step"]] for c in cps],
+            mode="markers", marker={"symbol": "diamond", "size": 9, "color": GREEN, "line": {"width": 1, "color": "white"}},
+            name="checkpoint", text=[f"#{c['id']} {c.get('label') or c.get('kind', '')}" for c in cps],
+            hovertemplate="checkpoint %{text}<br>%{x}<extra></extra>"), row=1, col=1)
+    for row, (key, title, log) in enumerate(TIMELINE, start=2):
+        pts = _changes_only(metrics, key)
+        fig.add_trace(go.Scatter(x=xs(pts, x_axis), y=[r[key] for r in pts], mode="lines", line_shape="hv",
+                                 line={"color": "#475569", "width": 1.5}, name=title, showlegend=False,
+                                 hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{title}</extra>"), row=row, col=1)
+        fig.update_yaxes(title_text=title, type="log" if log else "linear", row=row, col=1,
+                         title_font={"size": 11}, tickfont={"size": 10}, nticks=3,
+                         **({"dtick": 1, "tickformat": ".0e"} if log else {}))
+    for step, labels in sorted(marker_labels(events or []).items()):
+        if metrics and step > metrics[-1]["step"] + 1:
+            continue
+        xv = _x_at(step, metrics, x_axis)
+        restore = any(lab.startswith("restored") for lab in labels)
+        fig.add_shape(type="line", x0=xv, x1=xv, xref="x", y0=0, y1=1, yref="paper", opacity=0.7,
+                      line={"dash": "dot", "width": 1, "color": RED if restore else "#7c3aed"})
+        fig.add_annotation(x=xv, y=1, xref="x", yref="y domain", text=", ".join(labels), showarrow=False,
+                           textangle=-90, xanchor="right", yanchor="top", font={"size": 10, "color": "#4c1d95"},
+                           bgcolor="rgba(255,255,255,0.7)")
+    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1)
+    fig.update_xaxes(title_text=X_TITLES[x_axis], row=5, col=1)
+    if x_axis == "time":
+        fig.update_xaxes(type="date")
+    fig.update_layout(template="plotly_white", height=height, margin={"l": 60, "r": 10, "t": 30, "b": 40},
+                      legend={"orientation": "h", "y": 1.04, "x": 0, "font": {"size": 11}},
+                      uirevision=revision)
+    return fig
+
+
+def accuracy_figure(evals: list[dict], metrics: list[dict] | None = None, *, x_axis: str = "step",
+                    revision: str = "", height: int = 230) -> go.Figure:
+    fig = go.Figure()
+    metrics = metrics or []
+    for key, name, color in (("train_acc", "train", BLUE), ("val_acc", "val", ORANGE)):
+        pts = [e for e in evals if e.get(key) is not None]
+        fig.add_trace(go.Scatter(x=[_x_at(e["step"], metrics, x_axis) for e in pts], y=[e[key] for e in pts],
+                                 mode="lines+markers", marker={"size": 4}, line={"color": color}, name=name))
+    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 10, "t": 30, "b": 30},
+                      title={"text": "accuracy", "font": {"size": 13}, "x": 0.01},
+                      yaxis={"range": [0, 1.02], "tickformat": ".0%"}, uirevision=revision,
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1})
+    if x_axis == "time":
+        fig.update_xaxes(type="date")
+    return fig
+
+
+def boundary_figure(grid: dict[str, Any], points: tuple[np.ndarray, np.ndarray] | None = None, *,
+                    revision: str = "", height: int = 330) -> go.Figure:
+    """The course's softmax picture: each grid cell coloured by its class probabilities."""
+    probs = np.asarray(grid["probs"], dtype=np.float32)
+    axis = np.asarray(grid["axis"], dtype=np.float32)
+    n_cls = probs.shape[-1]
+    palette = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in CLASS_COLORS[:n_cls]], dtype=np.float32)
+    rgb = probs @ palette * 0.55 + 255 * 0.45  # washed out, so the data points stand out
+    step = float(axis[1] - axis[0])
+    fig = go.Figure(go.Image(z=rgb.astype(np.uint8), x0=float(axis[0]), dx=step, y0=float(axis[0]), dy=step,
+                             hoverinfo="skip"))
+    if points is not None:
+        px, py = points
+        for c in range(n_cls):
+            m = py == c
+            fig.add_trace(go.Scatter(x=px[m, 0], y=px[m, 1], mode="markers", name=f"class {c}",
+                                     marker={"size": 4, "color": CLASS_COLORS[c], "line": {"width": 0.5, "color": "white"}},
+                                     hoverinfo="skip", showlegend=False))
+    fig.update_layout(template="plotly_white", height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title={"text": f"decision boundary · step {grid.get('step', '?')}", "font": {"size": 13},
+                             "x": 0.01}, uirevision=revision)
+    fig.update_xaxes(visible=False, range=[float(axis[0]), float(axis[-1])])
+    fig.update_yaxes(visible=False, autorange=True, scaleanchor="x", range=[float(axis[0]), float(axis[-1])])
+    return fig

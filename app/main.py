@@ -1,0 +1,46 @@
+"""The page: sidebar controls, the run's remote control, the live view, checkpoints and events."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from .checkpoints_panel import restore_panel
+from .common import show_flash, trainer
+from .controls import control_bar
+from .hparams_panel import hparams_panel
+from .live import chart_options, checkpoint_table, event_log, live_view, run_every
+from .runs_panel import runs_panel
+
+
+# Denser metrics, so eight of them fit one row on a laptop screen.
+CSS = """<style>
+[data-testid="stMetricValue"] { font-size: 1.55rem; }
+[data-testid="stMainBlockContainer"] { padding-top: 2.2rem; }
+</style>"""
+
+
+def main(args: dict) -> None:
+    st.session_state.setdefault("_args", args)
+    t = trainer()
+    st.session_state["_seen_state"] = t.state
+    with st.sidebar:
+        hparams_panel()
+        st.divider()
+        runs_panel()
+    st_ = t.status()
+    st.html(CSS)
+    st.markdown(f"### 🐼 Panda &nbsp;·&nbsp; `{Path(st_['run_dir']).name}`")
+    st.caption(f"task **{st_['task']}** · optimizer **{st_['optimizer']}** · device **{st_['device']}** · "
+               f"branch **{st_['branch']}** · {st_['run_dir']}")
+    show_flash()
+    control_bar()
+    every = run_every()
+    st.fragment(run_every=every)(live_view)()
+    chart_options()
+    tab_ckpt, tab_events = st.tabs(["Checkpoints", "Events"])
+    with tab_ckpt:
+        st.fragment(run_every=every)(checkpoint_table)()
+        restore_panel()
+    with tab_events:
+        st.fragment(run_every=every)(event_log)()

@@ -1,0 +1,78 @@
+"""Start a new run or open an existing one from the runs folder."""
+from __future__ import annotations
+
+import streamlit as st
+
+from trainer import RunConfig
+from trainer.config import OPTIMIZERS
+from trainer.tasks import BUILTINS
+
+from . import runtime
+from .common import trainer
+
+ss = st.session_state
+CUSTOM = "custom: module:function or file.py:function"
+
+
+def _new_run() -> None:
+    task = ss["new_task"]
+    if task == CUSTOM:
+        task = (ss.get("new_custom") or "").strip()
+    elif task == "spirals" and ss.get("new_classes", 3) != 3:
+        task = f"spirals:{ss['new_classes']}"
+    hp = {k: ss[f"new_{k}"] for k in ("lr", "momentum", "batch_size") if ss.get(f"new_{k}") is not None}
+    try:
+        name = (ss.get("new_name") or "").strip() or runtime.default_name(task or "run")
+        cfg = RunConfig(task=task, run_dir=str(runtime.run_dir_for(name)), optimizer=ss["new_optimizer"],
+                        seed=int(ss["new_seed"]), max_steps=int(ss.get("new_max_steps") or 0))
+        runtime.new_run(cfg, hp)
+    except Exception as e:  # a bad plugin or value: say so, keep the current run
+        ss["run_error"] = f"{type(e).__name__}: {e}" if not str(e).startswith("task") else str(e)
+        return
+    ss.pop("run_error", None)
+    for k in list(ss):
+        if k.startswith("_hp_seen") or k == "_limit_seen":
+            del ss[k]
+
+
+def _open_run() -> None:
+    name = ss.get("open_name")
+    if not name:
+        return
+    try:
+        runtime.open_run(runtime.run_dir_for(name))
+    except Exception as e:
+        ss["run_error"] = f"{type(e).__name__}: {e}"
+        return
+    ss.pop("run_error", None)
+
+
+def runs_panel() -> None:
+    t = trainer()
+    st.subheader("Runs")
+    if ss.get("run_error"):
+        st.error(ss["run_error"], icon="⚠️")
+    with st.expander("New run", expanded=False):
+        st.selectbox("Task", [*BUILTINS, CUSTOM], key="new_task")
+        if ss.get("new_task") == CUSTOM:
+            st.text_input("Plugin", key="new_custom", placeholder="my_tasks.py:make_task")
+        if ss.get("new_task") == "spirals":
+            st.slider("Classes", 3, 6, 3, key="new_classes")
+        st.selectbox("Optimizer", OPTIMIZERS, key="new_optimizer")
+        a, b = st.columns(2)
+        a.number_input("Initial learning rate", key="new_lr", value=None, format="%.6g", placeholder="task default")
+        b.number_input("Initial momentum", key="new_momentum", value=None, format="%.4g", placeholder="task default")
+        a.number_input("Batch size", key="new_batch_size", value=None, step=1, placeholder="task default")
+        b.number_input("Seed", key="new_seed", value=0, step=1)
+        a.number_input("Stop at step", key="new_max_steps", value=0, min_value=0, step=1000)
+        b.text_input("Name", key="new_name", placeholder="auto")
+        st.button("Create run", key="btn_new_run", on_click=_new_run, width="stretch",
+                  help="Stops the current run (it is checkpointed) and starts a fresh one, ready to Start.")
+    runs = runtime.list_runs()
+    with st.expander("Open run", expanded=False):
+        if runs:
+            st.selectbox("Run", runs, key="open_name")
+            st.button("Open", key="btn_open_run", on_click=_open_run, width="stretch",
+                      help="Continues from the run's latest checkpoint, with its whole history.")
+        else:
+            st.caption("No runs yet.")

@@ -1,0 +1,221 @@
+"""The dashboard's pages and controls, driven in-process by Streamlit's AppTest (no browser)."""
+import json
+import sys
+import threading
+import time
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest import PLUGINS, ROOT, run_to
+from app import runtime
+from trainer import THREAD_NAME, RunConfig, Trainer
+
+
+def close_live():
+    while (t := runtime.live_trainer()) is not None:
+        t.close()
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    monkeypatch.setenv("PANDA_RUNS", str(tmp_path / "runs"))
+    close_live()
+
+    def make(**args):
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+        if args:
+            at.session_state["_args"] = args
+        return at.run()
+
+    yield make
+    close_live()
+
+
+def trainer_threads():
+    return [th for th in threading.enumerate() if th.name == THREAD_NAME and th.is_alive()]
+
+
+def errors(at):
+    return [e.value for e in at.error]
+
+
+def test_page_renders_with_spirals_ready(app):
+    at = app()
+    assert not at.exception
+    t = runtime.live_trainer()
+    assert t.cfg.task == "spirals" and t.state == "ready" and t.step == 0
+    assert not at.button(key="btn_start").disabled and at.button(key="btn_pause").disabled
+    assert any("No steps yet" in i.value for i in at.info)
+    assert at.number_input(key="hp_lr").value == 0.1 and slider(at, "Learning rate, log₁₀").value == -1.0
+
+
+def test_start_pause_resume_stop_drive_the_engine(app):
+    at = app()
+    at.button(key="btn_start").click().run()
+    t = runtime.live_trainer()
+    assert t.state == "running"
+    time.sleep(0.3)
+    at.button(key="btn_pause").click().run()
+    assert t.state == "paused" and not at.exception
+    assert not at.button(key="btn_resume").disabled
+    at.button(key="btn_resume").click().run()
+    assert t.state == "running"
+    at.button(key="btn_stop").click().run()
+    assert t.state == "stopped"
+    assert t.journal.checkpoints()[-1]["kind"] == "final"
+
+
+def test_apply_sends_the_edited_values_together(app):
+    at = app()
+    t = runtime.live_trainer()
+    at.number_input(key="hp_lr").set_value(0.02)
+    at.number_input(key="hp_batch_size").set_value(32)
+    at.button(key="btn_apply").click().run()
+    assert t.hp.lr == 0.02 and t.hp.batch_size == 32
+    assert not errors(at)
+    msgs = [e["message"] for e in t.journal.events(kinds=("hparams",))]
+    assert msgs == ["lr 0.1 → 0.02", "batch_size 64 → 32"]
+
+
+@pytest.mark.parametrize("key,value,field", [("hp_momentum", 1.5, "momentum"), ("hp_lr", -0.1, "lr"),
+                                             ("hp_batch_size", 100000, "batch_size")])
+def test_invalid_value_shows_the_engine_error_and_changes_nothing(app, key, value, field):
+    at = app()
+    t = runtime.live_trainer()
+    before = t.hp
+    at.number_input(key=key).set_value(value)
+    at.button(key="btn_apply").click().run()
+    assert t.hp == before
+    assert any(e.startswith(f"{field}: must") for e in errors(at)), errors(at)
+
+
+def slider(at, label):
+    return next(s for s in at.slider if s.label == label)
+
+
+def test_log_scale_sliders(app):
+    at = app()
+    slider(at, "Learning rate, log₁₀").set_value(-2.0).run()
+    assert at.number_input(key="hp_lr").value == pytest.approx(0.01)
+    slider(at, "Momentum, log₁₀(1 − β)").set_value(-2.0).run()
+    assert at.number_input(key="hp_momentum").value == pytest.approx(0.99)
+    at.number_input(key="hp_momentum").set_value(0.999).run()
+    assert slider(at, "Momentum, log₁₀(1 − β)").value == pytest.approx(-3.0)
+    at.number_input(key="hp_lr").set_value(0.003).run()
+    assert slider(at, "Learning rate, log₁₀").value == pytest.approx(-2.52)
+    assert at.number_input(key="hp_lr").value == 0.003  # typing is never overwritten by the slider
+
+
+def test_nudges_halve_and_double_the_lr(app):
+    at = app()
+    t = runtime.live_trainer()
+    at.button(key="nudge_up").click().run()
+    assert t.hp.lr == 0.2
+    at.button(key="nudge_down").click().run()
+    at.button(key="nudge_down").click().run()
+    assert t.hp.lr == 0.05 and at.number_input(key="hp_lr").value == 0.05  # the fields follow the engine
+
+
+def test_save_then_restore_from_the_panel_makes_a_branch(app):
+    at = app()
+    t = runtime.live_trainer()
+    run_to(t, 30)
+    at.text_input(key="ckpt_label").input("before bump")
+    at.button(key="btn_save").click().run()
+    saved = [c for c in t.journal.checkpoints() if c["label"] == "before bump"]
+    assert saved and saved[0]["step"] == 30
+    run_to(t, 60)
+    at.run()
+    at.selectbox(key="restore_id").set_value(saved[0]["id"])
+    at.checkbox(key="restore_change").check().run()
+    at.number_input(key="restore_lr").set_value(0.03)
+    at.button(key="btn_restore").click().run()
+    assert not at.exception and t.step == 30 and t.branch == 1 and t.hp.lr == 0.03
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert any(tr.get("name") == "abandoned branch" for tr in fig["data"])
+
+
+def test_chart_carries_the_curve_and_markers(app):
+    at = app()
+    t = runtime.live_trainer()
+    run_to(t, 40)
+    t.set_hparams(lr=0.05).wait()
+    run_to(t, 80)
+    t.journal.flush()
+    at.run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    raw = next(tr for tr in fig["data"] if tr.get("name") == "train loss")
+    assert len(raw["x"]) == 80
+    assert "lr 0.1 → 0.05" in [a["text"] for a in fig["layout"]["annotations"]]
+    assert fig["layout"]["uirevision"]
+
+
+def test_error_banner_after_a_nan(app, tmp_path):
+    at = app(task=f"{PLUGINS / 'nan_at.py'}:make", run_dir=str(tmp_path / "runs" / "nan"))
+    t = runtime.live_trainer()
+    assert t.set_max_steps(100).wait().ok
+    at.button(key="btn_start").click().run()
+    assert t.wait(30) and t.state == "error"
+    at.run()
+    assert any("Training paused on an error" in e and "non-finite loss at step 37" in e for e in errors(at))
+    assert not at.button(key="btn_resume").disabled
+
+
+def test_new_run_with_a_broken_plugin_keeps_the_current_run(app):
+    at = app()
+    before = runtime.live_trainer()
+    at.selectbox(key="new_task").set_value("custom: module:function or file.py:function").run()
+    at.text_input(key="new_custom").input(str(PLUGINS / "broken.py") + ":wrong_type")
+    at.button(key="btn_new_run").click().run()
+    assert any("must return trainer.Task" in e for e in errors(at))
+    assert runtime.live_trainer() is before and len(trainer_threads()) == 1
+
+
+def test_new_run_then_open_the_old_one(app, tmp_path):
+    at = app()
+    first = runtime.live_trainer()
+    run_to(first, 20)
+    at.selectbox(key="new_task").set_value("digits")
+    at.text_input(key="new_name").input("digits-a")
+    at.button(key="btn_new_run").click().run()
+    second = runtime.live_trainer()
+    assert second is not first and second.cfg.task == "digits" and first.state == "closed"
+    assert len(trainer_threads()) == 1
+    at.run()
+    at.selectbox(key="open_name").set_value(first.run_dir.name)
+    at.button(key="btn_open_run").click().run()
+    reopened = runtime.live_trainer()
+    assert reopened.run_dir.resolve() == first.run_dir.resolve() and reopened.step == 20
+    assert len(trainer_threads()) == 1
+
+
+def test_bad_run_names_never_leave_the_runs_folder(tmp_path):
+    for bad in ["../x", "/etc", "a/b", ".hidden", "", "x" * 65]:
+        with pytest.raises(ValueError):
+            runtime.run_dir_for(bad, tmp_path)
+    assert runtime.run_dir_for("ok-1.2_3", tmp_path) == (tmp_path / "ok-1.2_3").resolve()
+
+
+def test_one_training_thread_across_tabs_cache_clears_and_reimports(app):
+    import streamlit as st
+
+    a, b = app(), app()  # two sessions
+    assert len(trainer_threads()) == 1
+    st.cache_resource.clear()
+    for name in [m for m in sys.modules if m == "app" or m.startswith("app.")]:
+        del sys.modules[name]  # what the file watcher does to an edited module
+    c = app()
+    assert not c.exception and len(trainer_threads()) == 1
+    a.button(key="btn_start").click().run()
+    assert len(trainer_threads()) == 1
+
+
+def test_opening_a_run_dir_from_the_command_line(app, tmp_path):
+    d = tmp_path / "runs" / "given"
+    t = Trainer.create(RunConfig(task="quadratic", run_dir=str(d)))
+    run_to(t, 25)
+    t.close()
+    at = app(task="spirals", run_dir=str(d))
+    live = runtime.live_trainer()
+    assert not at.exception and live.cfg.task == "quadratic" and live.step == 25

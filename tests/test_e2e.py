@@ -1,0 +1,157 @@
+"""End to end: the real `streamlit run` on a free localhost port, driven by headless Chromium.
+
+open -> Start -> the loss chart gains points -> set Learning rate -> marker and timeline show it
+-> Save checkpoint -> Restore it -> a faded branch appears -> Pause. A screenshot is kept on failure.
+"""
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    port = free_port()
+    env = {**os.environ, "PANDA_RUNS": str(runs)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+         "--", "--run-dir", str(runs / "e2e")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail("streamlit did not start:\n" + proc.stdout.read().decode(errors="replace")[-3000:])
+        time.sleep(0.3)
+    yield {"url": url, "proc": proc, "run_dir": runs / "e2e"}
+    if proc.poll() is None:
+        proc.kill()
+
+
+@pytest.fixture
+def page(server, request):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        pg.set_default_timeout(30_000)
+        yield pg
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else True:
+            ARTIFACTS.mkdir(exist_ok=True)
+            pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
+        browser.close()
+
+
+def plot(page, index=0):
+    return page.evaluate("""i => {
+        const el = document.querySelectorAll('.js-plotly-plot')[i];
+        if (!el || !el.data) return null;
+        return {data: el.data.map(t => ({name: t.name, n: (t.x || []).length, y: Array.from(t.y || []).slice(-3)})),
+                annotations: ((el.layout || {}).annotations || []).map(a => a.text)};
+    }""", index)
+
+
+def wait_for(fn, what, timeout=45):
+    end = time.time() + timeout
+    last = None
+    while time.time() < end:
+        last = fn()
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def trace(fig, name):
+    return next((t for t in (fig or {}).get("data", []) if t["name"] == name), None)
+
+
+def test_babysitting_session(server, page):
+    from playwright.sync_api import expect
+
+    page.goto(server["url"])
+    page.wait_for_selector("[data-testid='stApp']")
+    expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled()
+    page.get_by_role("button", name="Start", exact=True).click()
+
+    first = wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > 0 and t, "the first loss points")
+    wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > first["n"], "the curve to grow")
+
+    lr = page.get_by_label("Learning rate", exact=True)
+    lr.fill("0.05")
+    lr.press("Enter")
+    page.get_by_role("button", name="Apply", exact=True).click()
+    wait_for(lambda: any("lr 0.1 → 0.05" in a for a in plot(page)["annotations"]), "the lr marker")
+    wait_for(lambda: 0.05 in trace(plot(page), "lr")["y"], "the lr timeline")
+
+    page.get_by_label("Checkpoint label").fill("e2e-save")
+    page.get_by_label("Checkpoint label").press("Enter")
+    page.get_by_role("button", name="Save checkpoint", exact=True).click()
+    db = server["run_dir"] / "journal.sqlite"
+
+    def saved():
+        con = sqlite3.connect(db)
+        try:
+            return con.execute("SELECT id, step FROM checkpoints WHERE label = 'e2e-save'").fetchone()
+        finally:
+            con.close()
+
+    cid, step = wait_for(saved, "the labelled checkpoint")
+    page.get_by_role("button", name="Pause", exact=True).click()  # a full rerun, so the picker lists it
+    expect(page.get_by_text("paused", exact=True).first).to_be_visible()
+    page.get_by_role("button", name="Resume", exact=True).click()
+    page.locator("[data-testid='stSelectbox']").filter(has_text="Checkpoint").click()
+    page.get_by_role("option", name=f"#{cid} ").click()
+    page.get_by_role("button", name="Restore", exact=True).click()
+    wait_for(lambda: trace(plot(page), "abandoned branch"), "a faded branch")
+
+    page.get_by_role("button", name="Pause", exact=True).click()
+    expect(page.get_by_text("paused", exact=True).first).to_be_visible()
+    con = sqlite3.connect(db)
+    kinds = [k for (k,) in con.execute("SELECT kind FROM events ORDER BY id")]
+    branch = con.execute("SELECT parent, fork_step FROM branches WHERE id = 1").fetchone()
+    con.close()
+    assert branch == (0, step) and "restore" in kinds and kinds[-1] == "pause"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "babysitting-session.png"))
+
+
+def test_shutdown_flushes_and_checkpoints(server):
+    proc = server["proc"]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    con = sqlite3.connect(server["run_dir"] / "journal.sqlite")
+    last = con.execute("SELECT kind, message FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    final = con.execute("SELECT kind, step FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+    steps = con.execute("SELECT MAX(step) FROM steps WHERE branch = 1").fetchone()[0]
+    con.close()
+    assert last[0] == "stopped" and "closing" in last[1]
+    assert final == ("final", steps)
