@@ -153,3 +153,53 @@ def test_exception_in_user_forward_pauses_and_the_trainer_stays_usable(make):
     assert t.state == "error" and "ValueError: shapes do not match in my layer" in t.error
     assert t.resume().wait().ok  # the 5th call was the only bad one
     assert t.wait(30) and t.state == "done" and t.step == 20
+
+
+def test_checkpoint_optimizer_settings_never_override_the_users(make):
+    """OPT-175B's logbook: a reload silently brought back the checkpoint's optimizer settings."""
+    t = make(ckpt_every=0)
+    run_to(t, 20)
+    cid = t.save_checkpoint().wait().value  # saved with lr 0.1, momentum 0.9
+    assert t.set_hparams(lr=0.05).wait().ok
+    run_to(t, 30)
+    assert t.restore(cid, hparams={"lr": 0.02, "momentum": 0.5}).wait().ok
+    run_to(t, 31)
+    t.journal.flush()
+    row = t.journal.metrics(t.branch, since_step=20)[0]
+    assert (row["step"], row["lr"], row["momentum"]) == (21, 0.02, 0.5)
+    g = t.optimizer.param_groups[0]
+    assert g["lr"] == 0.02 and g["momentum"] == 0.5
+    # the same values as now, given again with a restore of an lr-0.1 checkpoint: still 0.02, not 0.1
+    assert t.restore(cid, hparams={"lr": 0.02, "momentum": 0.5}).wait().ok
+    run_to(t, 21)
+    assert t.optimizer.param_groups[0]["lr"] == 0.02 and t.optimizer.param_groups[0]["momentum"] == 0.5
+    # and without overrides the checkpoint's own values come back, in param_groups too
+    assert t.set_hparams(lr=0.3).wait().ok
+    run_to(t, 35)
+    assert t.restore(cid).wait().ok
+    run_to(t, 21)
+    assert t.optimizer.param_groups[0]["lr"] == 0.1
+
+
+def test_sync_free_guard_used_on_cuda_skips_the_bad_step(make):
+    """On CUDA the guard may not sync every step: the fused optimizer skips the step whose found_inf
+    flag is set, and the read-back (every log_every steps) pauses the run. Exercised here on the CPU."""
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0, eval_every=0, eval_at_epoch_end=False, log_every=10)
+    t.sync_free = True
+    run_to(t, 36)
+    assert t.set_max_steps(1000).wait().ok
+    t.start().wait()
+    assert t.wait(30) and t.state == "error" and "step 37" in t.error
+    assert 37 <= t.step <= 46  # detected at the next read-back, not later
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    t.journal.flush()
+    steps = [m["step"] for m in t.journal.metrics(0)]
+    assert steps == list(range(1, 37))  # the bad step and those after it in its batch are not journaled
+    # reference: an exact run that skips batch 37 with the restore option, then goes as far
+    ref = make("ref", task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0, eval_every=0, eval_at_epoch_end=False)
+    run_to(ref, 36)
+    cid = ref.save_checkpoint().wait().value
+    assert ref.restore(cid, skip_batches=1).wait().ok
+    ref.model.calls = 37  # its 37th forward (the NaN one) was skipped with the batch
+    run_to(ref, 36 + (t.step - 37))
+    assert torch.equal(ref.model.lin.weight, t.model.lin.weight) and torch.equal(ref.model.lin.bias, t.model.lin.bias)

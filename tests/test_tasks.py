@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import PLUGINS, run_to
+from conftest import PLUGINS, ROOT, run_to
 from trainer import RunConfig, TaskError, Trainer, load_task
 
 
@@ -93,3 +93,10 @@ def test_diverging_spirals_keeps_batchnorm_stats_finite(make):
     t.start().wait()
     assert t.wait(30) and t.state == "error"
     assert all(torch.isfinite(b.float()).all() for b in t.model.buffers())
+
+
+def test_the_readme_plugin_example_trains(make):
+    t = make(task=str(ROOT / "examples" / "regression_task.py") + ":make_task", eval_every=50, ckpt_every=0)
+    run_to(t, 300)
+    variance = t.task.val_data.tensors[1].var().item()  # the loss of always predicting the mean
+    assert t.view["eval"]["val_loss"] < 0.2 * variance and "val_mae" in t.view["eval"]

@@ -71,6 +71,7 @@ class Trainer:
         self._last_loss: float | None = None
         self._sps = 0.0
         self._window = [0, 0.0]  # samples since the last read-back and when it was, for samples/s
+        self._written: tuple | None = None  # the (hparams, lr) last written into param_groups
         self._cmds: collections.deque[Command] = collections.deque()
         self._cond = threading.Condition()
         self._ring: collections.OrderedDict[int, dict] = collections.OrderedDict()
@@ -230,12 +231,8 @@ class Trainer:
         hp, model, opt = self.hp, self.model, self.optimizer
         t0 = time.perf_counter()
         lr = decayed_lr(hp, self.batches.epoch - self.lr_set_epoch)
-        for g in opt.param_groups:  # nanoGPT's way: the live values go into param_groups every step
-            g["lr"], g["weight_decay"] = lr, hp.weight_decay
-            if "betas" in g:
-                g["betas"] = (hp.momentum, g["betas"][1])
-            else:
-                g["momentum"] = hp.momentum
+        if (hp, lr) != self._written:  # nanoGPT's way: the live values go into param_groups
+            self._write_param_groups(hp, lr)
         pos = self.batches.position()
         if self._buffers:  # BatchNorm's running stats change in forward; keep them to undo a bad step
             torch._foreach_copy_(self._buffer_backup, self._buffers)
@@ -282,6 +279,15 @@ class Trainer:
             self._evaluate()
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
             self._checkpoint("auto")
+
+    def _write_param_groups(self, hp: HParams, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"], g["weight_decay"] = lr, hp.weight_decay
+            if "betas" in g:
+                g["betas"] = (hp.momentum, g["betas"][1])
+            else:
+                g["momentum"] = hp.momentum
+        self._written = (hp, lr)
 
     def _readback(self) -> None:
         """Move buffered step records to the journal; one device sync per batch of steps."""
@@ -463,6 +469,7 @@ class Trainer:
             return Result(False, self.step, str(e))
         self._readback()
         here = ckpt.capture(self)
+        self._written = None  # the loaded param_groups hold the checkpoint's settings: ours are written anew
         try:
             ckpt.restore(self, snap)
         except Exception as e:
