@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.subplots import make_subplots
 
 BLUE, ORANGE, GREEN, GREY, RED = "#2563eb", "#f97316", "#16a34a", "#94a3b8", "#dc2626"
 CLASS_COLORS = ["#ef4444", "#3b82f6", "#22c55e", "#f59e0b", "#a855f7", "#14b8a6"]
@@ -31,14 +30,19 @@ def ema(values: list[float | None], smoothing: float) -> list[float]:
     return out
 
 
-def xs(rows: list[dict], axis: str) -> list:
+def xs(rows: list[dict], axis: str) -> np.ndarray:
+    """x values as arrays: plotly keeps NumPy arrays whole instead of checking each element."""
     if axis == "step":
-        return [r["step"] for r in rows]
+        return np.fromiter((r["step"] for r in rows), dtype=np.int64, count=len(rows))
     if axis == "epoch":
-        return [r["epoch"] for r in rows]
+        return np.fromiter((r["epoch"] for r in rows), dtype=np.float64, count=len(rows))
     if axis == "time":
-        return [datetime.fromtimestamp(r["wall"]) for r in rows]
+        return np.array([datetime.fromtimestamp(r["wall"]) for r in rows], dtype="datetime64[ms]")
     raise ValueError(f"x axis must be step, epoch or time, got {axis!r}")
+
+
+def ys(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else r[key] for r in rows], dtype=np.float64)
 
 
 def _x_at(step: int, rows: list[dict], axis: str):
@@ -52,7 +56,8 @@ def _x_at(step: int, rows: list[dict], axis: str):
             lo = mid + 1
         else:
             hi = mid
-    return xs([rows[lo]], axis)[0]
+    x = xs([rows[lo]], axis)[0]
+    return x.item() if axis != "time" else datetime.fromtimestamp(rows[lo]["wall"])
 
 
 def _changes_only(rows: list[dict], key: str) -> list[dict]:
@@ -68,74 +73,102 @@ def marker_labels(events: list[dict]) -> dict[int, list[str]]:
         data = e.get("data") or {}
         if e["kind"] == "hparams":
             out.setdefault(int(data.get("at_step", e["step"] + 1)), []).append(e["message"])
-        elif e["kind"] == "restore":
-            out.setdefault(int(e["step"]), []).append(f"restored #{data.get('checkpoint', '?')}")
+        elif e["kind"] == "restore":  # marked where the new path begins, beside what came with it
+            out.setdefault(int(e["step"]) + 1, []).insert(0, f"restored #{data.get('checkpoint', '?')}")
     return out
+
+
+ROW_HEIGHTS = (0.52, 0.12, 0.12, 0.12, 0.12)
+ROW_GAP = 0.025
+
+
+def _row_domains() -> list[list[float]]:
+    """Vertical domains of the five rows, top to bottom (what make_subplots would compute)."""
+    usable = 1 - ROW_GAP * (len(ROW_HEIGHTS) - 1)
+    out, top = [], 1.0
+    for h in ROW_HEIGHTS:
+        out.append([max(0.0, top - h * usable), top])
+        top -= h * usable + ROW_GAP
+    return out
+
+
+def _line(x, y, row: int, **kw) -> dict:
+    suffix = "" if row == 1 else str(row)
+    return {"type": "scatter", "x": x, "y": y, "xaxis": f"x{suffix}", "yaxis": f"y{suffix}", **kw}
 
 
 def loss_figure(metrics: list[dict], evals: list[dict] | None = None, events: list[dict] | None = None,
                 checkpoints: list[dict] | None = None, branches: list[dict] | None = None, *,
                 smoothing: float = 0.6, log_y: bool = False, x_axis: str = "step", revision: str = "",
                 height: int = 640) -> go.Figure:
-    """The loss curve with its hyperparameter timeline underneath, on one shared x-axis."""
-    fig = make_subplots(rows=5, cols=1, shared_xaxes=True, vertical_spacing=0.025,
-                        row_heights=[0.52, 0.12, 0.12, 0.12, 0.12])
+    """The loss curve with its hyperparameter timeline underneath, on one shared x-axis.
+
+    Built as one dict and validated once: plotly's incremental API (make_subplots, update_layout,
+    add_shape) costs tens of milliseconds per call, paid every refresh on the server's GIL.
+    """
+    data: list[dict] = []
     for i, b in enumerate(branches or []):  # abandoned paths, faded, from their fork step
         rows = b["steps"]
-        fig.add_trace(go.Scatter(
-            x=xs(rows, x_axis), y=ema([r["loss"] for r in rows], smoothing), mode="lines",
-            line={"color": GREY, "width": 1.5}, opacity=0.45, name="abandoned branch",
-            legendgroup="abandoned", showlegend=i == 0,
-            hovertemplate=f"abandoned (branch {b['id']}, fork at step {b['fork_step']})<br>%{{x}}: %{{y:.4g}}"
-                          "<extra></extra>"), row=1, col=1)
+        data.append(_line(xs(rows, x_axis), np.array(ema([r["loss"] for r in rows], smoothing)), 1, mode="lines",
+                          line={"color": GREY, "width": 1.5}, opacity=0.45, name="abandoned branch",
+                          legendgroup="abandoned", showlegend=i == 0,
+                          hovertemplate=f"abandoned (branch {b['id']}, fork at step {b['fork_step']})<br>"
+                                        "%{x}: %{y:.4g}<extra></extra>"))
     x = xs(metrics, x_axis)
-    loss = [r["loss"] for r in metrics]
-    smooth = ema(loss, smoothing)
-    fig.add_trace(go.Scatter(x=x, y=loss, mode="lines", line={"color": BLUE, "width": 1}, opacity=0.25,
-                             name="train loss", hovertemplate="%{x}: %{y:.4g}<extra>train loss</extra>"),
-                  row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=smooth, mode="lines", line={"color": BLUE, "width": 2},
-                             name="train loss (smoothed)",
-                             hovertemplate="%{x}: %{y:.4g}<extra>smoothed</extra>"), row=1, col=1)
+    loss = ys(metrics, "loss")
+    smooth = np.array(ema(list(loss), smoothing))
+    data.append(_line(x, loss, 1, mode="lines", line={"color": BLUE, "width": 1}, opacity=0.25, name="train loss",
+                      hovertemplate="%{x}: %{y:.4g}<extra>train loss</extra>"))
+    data.append(_line(x, smooth, 1, mode="lines", line={"color": BLUE, "width": 2}, name="train loss (smoothed)",
+                      hovertemplate="%{x}: %{y:.4g}<extra>smoothed</extra>"))
     ev = [e for e in (evals or []) if e.get("val_loss") is not None]
     if ev:
-        fig.add_trace(go.Scatter(x=[_x_at(e["step"], metrics, x_axis) for e in ev], y=[e["val_loss"] for e in ev],
-                                 mode="markers", marker={"color": ORANGE, "size": 6}, name="val loss",
-                                 hovertemplate="%{x}: %{y:.4g}<extra>val loss</extra>"), row=1, col=1)
+        data.append(_line([_x_at(e["step"], metrics, x_axis) for e in ev], [e["val_loss"] for e in ev], 1,
+                          mode="markers", marker={"color": ORANGE, "size": 6}, name="val loss",
+                          hovertemplate="%{x}: %{y:.4g}<extra>val loss</extra>"))
     if checkpoints:
-        by_step = {r["step"]: s for r, s in zip(metrics, smooth)}
+        by_step = {r["step"]: v for r, v in zip(metrics, smooth)}
         cps = [c for c in checkpoints if c["step"] in by_step]
-        fig.add_trace(go.Scatter(
-            x=[_x_at(c["step"], metrics, x_axis) for c in cps], y=[by_step[c["step"]] for c in cps],
-            mode="markers", marker={"symbol": "diamond", "size": 9, "color": GREEN, "line": {"width": 1, "color": "white"}},
-            name="checkpoint", text=[f"#{c['id']} {c.get('label') or c.get('kind', '')}" for c in cps],
-            hovertemplate="checkpoint %{text}<br>%{x}<extra></extra>"), row=1, col=1)
+        data.append(_line([_x_at(c["step"], metrics, x_axis) for c in cps], [by_step[c["step"]] for c in cps], 1,
+                          mode="markers", name="checkpoint",
+                          marker={"symbol": "diamond", "size": 9, "color": GREEN, "line": {"width": 1, "color": "white"}},
+                          text=[f"#{c['id']} {c.get('label') or c.get('kind', '')}" for c in cps],
+                          hovertemplate="checkpoint %{text}<br>%{x}<extra></extra>"))
+    domains = _row_domains()
+    layout: dict[str, Any] = {
+        "template": "plotly_white", "height": height, "uirevision": revision,
+        "margin": {"l": 60, "r": 10, "t": 30, "b": 40},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 0, "font": {"size": 11}},
+        "yaxis": {"domain": domains[0], "title": {"text": "loss"}, "type": "log" if log_y else "linear"},
+        "xaxis": {"anchor": "y", "showticklabels": False, "matches": "x5"},
+        "shapes": [], "annotations": [],
+    }
     for row, (key, title, log) in enumerate(TIMELINE, start=2):
         pts = _changes_only(metrics, key)
-        fig.add_trace(go.Scatter(x=xs(pts, x_axis), y=[r[key] for r in pts], mode="lines", line_shape="hv",
-                                 line={"color": "#475569", "width": 1.5}, name=title, showlegend=False,
-                                 hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{title}</extra>"), row=row, col=1)
-        fig.update_yaxes(title_text=title, type="log" if log else "linear", row=row, col=1,
-                         title_font={"size": 11}, tickfont={"size": 10}, nticks=3,
-                         **({"dtick": 1, "tickformat": ".0e"} if log else {}))
+        data.append(_line(xs(pts, x_axis), ys(pts, key), row, mode="lines", line_shape="hv",
+                          line={"color": "#475569", "width": 1.5}, name=title, showlegend=False,
+                          hovertemplate=f"%{{x}}: %{{y:.4g}}<extra>{title}</extra>"))
+        layout[f"yaxis{row}"] = {"domain": domains[row - 1], "title": {"text": title, "font": {"size": 11}},
+                                 "type": "log" if log else "linear", "tickfont": {"size": 10}, "nticks": 3,
+                                 **({"dtick": 1, "tickformat": ".0e"} if log else {})}
+        last = row == len(TIMELINE) + 1
+        layout[f"xaxis{row}"] = {"anchor": f"y{row}", "showticklabels": last,
+                                 **({"matches": "x5"} if not last else {"title": {"text": X_TITLES[x_axis]}}),
+                                 **({"type": "date"} if x_axis == "time" else {})}
+    if x_axis == "time":
+        layout["xaxis"]["type"] = "date"
     for step, labels in sorted(marker_labels(events or []).items()):
         if metrics and step > metrics[-1]["step"] + 1:
             continue
         xv = _x_at(step, metrics, x_axis)
         restore = any(lab.startswith("restored") for lab in labels)
-        fig.add_shape(type="line", x0=xv, x1=xv, xref="x", y0=0, y1=1, yref="paper", opacity=0.7,
-                      line={"dash": "dot", "width": 1, "color": RED if restore else "#7c3aed"})
-        fig.add_annotation(x=xv, y=1, xref="x", yref="y domain", text=", ".join(labels), showarrow=False,
-                           textangle=-90, xanchor="right", yanchor="top", font={"size": 10, "color": "#4c1d95"},
-                           bgcolor="rgba(255,255,255,0.7)")
-    fig.update_yaxes(title_text="loss", type="log" if log_y else "linear", row=1, col=1)
-    fig.update_xaxes(title_text=X_TITLES[x_axis], row=5, col=1)
-    if x_axis == "time":
-        fig.update_xaxes(type="date")
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 60, "r": 10, "t": 30, "b": 40},
-                      legend={"orientation": "h", "y": 1.04, "x": 0, "font": {"size": 11}},
-                      uirevision=revision)
-    return fig
+        layout["shapes"].append({"type": "line", "x0": xv, "x1": xv, "xref": "x", "y0": 0, "y1": 1, "yref": "paper",
+                                 "opacity": 0.7, "line": {"dash": "dot", "width": 1,
+                                                          "color": RED if restore else "#7c3aed"}})
+        layout["annotations"].append({"x": xv, "y": 1, "xref": "x", "yref": "y domain", "text": ", ".join(labels),
+                                      "showarrow": False, "textangle": -90, "xanchor": "right", "yanchor": "top",
+                                      "font": {"size": 10, "color": "#4c1d95"}, "bgcolor": "rgba(255,255,255,0.7)"})
+    return go.Figure(data=data, layout=layout)
 
 
 def accuracy_figure(evals: list[dict], metrics: list[dict] | None = None, *, x_axis: str = "step",

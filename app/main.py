@@ -39,8 +39,9 @@ def main(args: dict) -> None:
     st.fragment(run_every=every)(live_view)()
     chart_options()
     tab_ckpt, tab_events = st.tabs(["Checkpoints", "Events"])
+    slow = every and every * 5  # the tables change more slowly than the curve
     with tab_ckpt:
-        st.fragment(run_every=every)(checkpoint_table)()
+        st.fragment(run_every=slow)(checkpoint_table)()
         restore_panel()
     with tab_events:
-        st.fragment(run_every=every)(event_log)()
+        st.fragment(run_every=slow)(event_log)()

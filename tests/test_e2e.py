@@ -74,7 +74,9 @@ def plot(page, index=0):
     return page.evaluate("""i => {
         const el = document.querySelectorAll('.js-plotly-plot')[i];
         if (!el || !el.data) return null;
-        return {data: el.data.map(t => ({name: t.name, n: (t.x || []).length, y: Array.from(t.y || []).slice(-3)})),
+        // _fullData holds the arrays decoded (plotly sends NumPy data as base64)
+        return {data: (el._fullData || el.data).map(t => ({name: t.name, n: (t.x || []).length,
+                                                         y: Array.from(t.y || []).slice(-3)})),
                 annotations: ((el.layout || {}).annotations || []).map(a => a.text)};
     }""", index)
 
@@ -88,6 +90,22 @@ def wait_for(fn, what, timeout=45):
             return last
         time.sleep(0.25)
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
+
+
+def pick(page, label, option):
+    """Choose an option in a Streamlit selectbox; a click that lands while the page reruns is retried."""
+    box = page.locator("[data-testid='stSelectbox']").filter(has_text=label)
+    for _ in range(5):
+        box.locator("input").click()
+        opt = page.get_by_role("option", name=option)
+        try:
+            opt.first.wait_for(timeout=2000)
+        except Exception:
+            page.keyboard.press("Escape")
+            continue
+        opt.first.click()
+        return
+    raise AssertionError(f"could not choose {option!r} in {label!r}")
 
 
 def trace(fig, name):
@@ -128,8 +146,7 @@ def test_babysitting_session(server, page):
     page.get_by_role("button", name="Pause", exact=True).click()  # a full rerun, so the picker lists it
     expect(page.get_by_text("paused", exact=True).first).to_be_visible()
     page.get_by_role("button", name="Resume", exact=True).click()
-    page.locator("[data-testid='stSelectbox']").filter(has_text="Checkpoint").click()
-    page.get_by_role("option", name=f"#{cid} ").click()
+    pick(page, "Checkpoint", f"#{cid} ")
     page.get_by_role("button", name="Restore", exact=True).click()
     wait_for(lambda: trace(plot(page), "abandoned branch"), "a faded branch")
 

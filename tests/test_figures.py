@@ -51,9 +51,10 @@ def test_hparam_change_is_a_labelled_vertical_marker():
 
 
 def test_restore_is_a_marker_too():
-    ev = [{"kind": "restore", "step": 40, "message": "restore", "data": {"checkpoint": 3}}]
+    ev = [{"kind": "restore", "step": 40, "message": "restore", "data": {"checkpoint": 3}}, hp_event(41, "lr 0.1 → 0.05")]
     fig = figures.loss_figure(rows(), events=ev)
-    assert [a.text for a in fig.layout.annotations] == ["restored #3"]
+    assert [a.text for a in fig.layout.annotations] == ["restored #3, lr 0.1 → 0.05"]
+    assert [s.x0 for s in fig.layout.shapes] == [41] and fig.layout.shapes[0].line.color == figures.RED
 
 
 def test_timeline_shows_the_lr_change_on_a_log_axis():
@@ -94,7 +95,8 @@ def test_x_axis_by_epoch_and_time():
     assert next(t for t in fe.data if t.name == "train loss").x[-1] == 5.0
     assert fe.layout.annotations[0].x == 2.5
     ft = figures.loss_figure(rows(), events=ev, x_axis="time")
-    assert isinstance(next(t for t in ft.data if t.name == "train loss").x[0], datetime)
+    first = next(t for t in ft.data if t.name == "train loss").x[0]
+    assert np.datetime64(first, "s") == np.datetime64(datetime.fromtimestamp(1.7e9 + 1), "s")
     assert ft.layout.xaxis5.type == "date"
     with pytest.raises(ValueError):
         figures.loss_figure(rows(), x_axis="wallclock")

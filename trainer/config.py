@@ -28,13 +28,14 @@ class RunConfig:
     ring_size: int = 8  # in-memory snapshots for fast short rollbacks
     log_every: int = 10  # steps between loss read-backs from the device
     deterministic: bool = True  # torch.use_deterministic_algorithms on CPU
+    threads: int = 0  # CPU threads for the training thread's ops; 0 = PyTorch's default
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.nesterov and self.optimizer != "sgd":
             raise ConfigError("nesterov: only SGD has Nesterov momentum")
-        for name in ("max_steps", "ckpt_every", "eval_every", "keep_last", "ring_size", "log_every", "seed"):
+        for name in ("max_steps", "ckpt_every", "eval_every", "keep_last", "ring_size", "log_every", "seed", "threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name}: must be an integer >= 0, got {v!r}")

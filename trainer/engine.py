@@ -91,6 +91,8 @@ class Trainer:
         cfg = self.cfg
         if cfg.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)  # OpenMP keeps this per thread: it binds the training thread
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -298,16 +300,15 @@ class Trainer:
             vals = torch.stack([torch.stack([r[3], r[8]]) for r in rows]).tolist()
             rows = [r[:3] + (v[0],) + r[4:8] + (v[1],) + r[9:] for r, v in zip(rows, vals)]
             bad = next((r for r in rows if not (math.isfinite(r[3]) and math.isfinite(r[8]))), None)
-            if bad is not None:
-                rows = rows[:rows.index(bad)]
+            if bad is not None:  # its row stays (loss NULL): the step counter moved, the weights did not
                 self._fail(f"non-finite loss or gradient at step {bad[1]} (loss {bad[3]}, grad norm {bad[8]}); "
                            "that step was skipped on the device")
         if rows:
             self._last_loss = rows[-1][3]
             now = time.perf_counter()
-            if now > self._window[1]:  # wall-clock throughput: evaluation and checkpoints count too
+            if now - self._window[1] >= 0.5:  # wall-clock throughput over half a second or more
                 self._sps = self._window[0] / (now - self._window[1])
-            self._window = [0, now]
+                self._window = [0, now]
         self.journal.log_steps(rows)
 
     @torch.no_grad()
