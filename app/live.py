@@ -29,7 +29,7 @@ def snapshot(t: Trainer) -> dict:
         "status": st_,
         "metrics": j.metrics(b, max_points=MAX_POINTS),
         "evals": j.evals(b),
-        "events": [e for e in j.events(kinds=("hparams", "restore"), limit=5000)
+        "events": [e for e in reversed(j.events(kinds=("hparams", "restore"), limit=2000, newest_first=True))
                    if _on_lineage(e["branch"], e["step"], lineage)],
         "checkpoints": [c for c in j.checkpoints() if _on_lineage(c["branch"], c["step"], lineage)],
         "branches": j.other_branches(b, max_points=500),

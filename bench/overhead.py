@@ -71,15 +71,19 @@ def bare_loop(task_name: str, steps: int, device: torch.device, kind: str = "bar
     return steps / (time.perf_counter() - t0)
 
 
-def trainer_run(task_name: str, steps: int, device: str, root: str, seed: int = 0) -> float:
-    cfg = RunConfig(task=task_name, run_dir=tempfile.mkdtemp(dir=root), max_steps=steps, seed=seed,
+def trainer_run(task_name: str, steps: int, device: str, root: str, seed: int = 0, warm: int = 200) -> float:
+    """Train `warm` steps (allocator, kernels, lazy imports), then time the next `steps` on the same thread."""
+    cfg = RunConfig(task=task_name, run_dir=tempfile.mkdtemp(dir=root), max_steps=warm, seed=seed,
                     device=device, eval_every=0, eval_at_epoch_end=False)
     t = Trainer.create(cfg)
+    t.start().wait()
+    t.wait()
+    t.set_max_steps(warm + steps).wait()
     t0 = time.perf_counter()
     t.start()
     t.wait()
     rate = steps / (time.perf_counter() - t0)
-    assert t.step == steps and t.state == "done", (t.step, t.state, t.error)
+    assert t.step == warm + steps and t.state == "done", (t.step, t.state, t.error)
     t.close()
     return rate
 
@@ -108,8 +112,7 @@ def main() -> None:
                 bare_loop(a.tasks[0], warm, device, a.one)
                 print(bare_loop(a.tasks[0], a.steps, device, a.one))
             else:
-                trainer_run(a.tasks[0], warm, str(device), root)
-                print(trainer_run(a.tasks[0], a.steps, str(device), root))
+                print(trainer_run(a.tasks[0], a.steps, str(device), root, warm=warm))
         return
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{a.steps} steps x {a.repeats} interleaved repeats, one process each")

@@ -95,3 +95,15 @@ def test_ring_restore_does_not_touch_the_disk(make, tmp_path):
     t.journal.flush()
     (tmp_path / "run" / t.journal.checkpoints()[-1]["path"]).unlink()
     assert t.restore(cid).wait().ok and t.step == 10
+
+
+def test_checkpoint_paths_never_leave_the_run_directory(make, tmp_path):
+    t = make(ckpt_every=10)
+    run_to(t, 20)
+    t.journal.flush()
+    outside = tmp_path / "elsewhere.pt"
+    outside.write_bytes(b"x")
+    t.journal._con.execute("UPDATE checkpoints SET path = ? WHERE id = 1", ("../elsewhere.pt",))
+    t._ring.clear()
+    r = t.restore(1).wait()
+    assert not r.ok and "leaves the run directory" in r.message and t.step == 20

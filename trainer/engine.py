@@ -43,12 +43,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_optimizer(cfg: RunConfig, params, hp: HParams, fused: bool = False) -> torch.optim.Optimizer:
+    """The run's optimizer; fused kernels when asked and the parameters allow them."""
+    params = list(params)
     extra = {"fused": True} if fused else {}
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
-                               nesterov=cfg.nesterov, **extra)
-    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay, **extra)
+    try:
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
+                                   nesterov=cfg.nesterov, **extra)
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        return cls(params, lr=hp.lr, betas=(hp.momentum, 0.999), weight_decay=hp.weight_decay, **extra)
+    except RuntimeError:
+        if not fused:
+            raise
+        return build_optimizer(cfg, params, hp, fused=False)  # e.g. a parameter type fused kernels lack
 
 
 class Trainer:
@@ -107,8 +114,8 @@ class Trainer:
         # On CUDA the divergence guard must not sync every step: fused optimizers skip a step
         # whose found_inf flag is set on the device, and losses are read back in batches.
         # Fused kernels are used on the CPU too: they are faster there as well.
-        self.sync_free = self.device.type == "cuda"
         self.optimizer = build_optimizer(cfg, self.params, self.hp, fused=True)
+        self.sync_free = self.device.type == "cuda" and bool(self.optimizer.defaults.get("fused"))
         self.batches = Batches(self.task.train_data, cfg.seed, self.device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "checkpoints").mkdir(exist_ok=True)
@@ -277,6 +284,8 @@ class Trainer:
                               hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time()))
         if self.step % self.cfg.log_every == 0:
             self._readback()
+            if self.state != "running":  # the deferred guard found a bad step: no eval or checkpoint now
+                return
         if epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._evaluate()
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
@@ -463,7 +472,7 @@ class Trainer:
         if not rows and cid not in self._ring:
             return Result(False, self.step, f"checkpoint {cid}: no such checkpoint")
         try:
-            snap = self._ring.get(cid) or ckpt.load_file(self.run_dir / rows[0]["path"])
+            snap = self._ring.get(cid) or ckpt.load_file(self._checkpoint_path(rows[0]["path"]))
             base = validate(HParams(), snap["hparams"], dataset_size=self.n_train, nesterov=self.cfg.nesterov)
             new = validate(base, changes or {}, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
         except (ckpt.CheckpointError, HParamError) as e:
@@ -494,6 +503,14 @@ class Trainer:
         return Result(True, self.step + 1, value=self.branch)
 
     # --- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint_path(self, rel: str) -> Path:
+        """A checkpoint file named in the journal; it must lie inside this run's directory."""
+        root = self.run_dir.resolve()
+        path = (root / rel).resolve()
+        if root not in path.parents:
+            raise ckpt.CheckpointError(f"checkpoint path {rel!r} leaves the run directory")
+        return path
+
     def _checkpoint(self, kind: str, label: str | None = None) -> int:
         self._readback()
         snap = ckpt.capture(self)
