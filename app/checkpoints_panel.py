@@ -21,12 +21,7 @@ def _restore() -> None:
     cid = ss.get("restore_id")
     if cid is None:
         return
-    hp = {}
-    if ss.get("restore_change"):
-        for k in ("lr", "momentum"):
-            v = ss.get(f"restore_{k}")
-            if v is not None:
-                hp[k] = v
+    hp = {k: ss[f"restore_{k}"] for k in ("lr", "momentum") if ss.get(f"restore_{k}") is not None}
     report(trainer().restore(int(cid), hparams=hp, skip_batches=int(ss.get("restore_skip") or 0)).wait(60),
            f"Restore #{cid}")
 
@@ -54,22 +49,20 @@ def restore_panel() -> None:
     by_id = {c["id"]: c for c in rows}
     if ss.get("restore_id") not in by_id:
         ss["restore_id"] = rows[0]["id"]
-    c1, c2 = st.columns([2.2, 1])
-    with c1:
-        st.selectbox("Checkpoint", list(by_id), key="restore_id", format_func=lambda i: _label(by_id[i]))
-        st.checkbox("Change hyperparameters on restore", key="restore_change",
-                    help="Applied after the checkpoint is loaded; the checkpoint's own settings never override them.")
-        if ss.get("restore_change"):
-            a, b = st.columns(2)
-            a.number_input("New learning rate", key="restore_lr", value=None, format="%.6g",
-                           placeholder="keep the checkpoint's")
-            b.number_input("New momentum", key="restore_momentum", value=None, format="%.6g",
-                           placeholder="keep the checkpoint's")
-    with c2:
-        st.number_input("Skip next K batches", key="restore_skip", min_value=0, step=1,
+    with st.form("restore_form", border=False, enter_to_submit=False):
+        c1, c2 = st.columns([2.2, 1], vertical_alignment="bottom")
+        c1.selectbox("Checkpoint", list(by_id), key="restore_id", format_func=lambda i: _label(by_id[i]))
+        c2.number_input("Skip next K batches", key="restore_skip", min_value=0, step=1,
                         help="After a loss spike, skip the batches that caused it (the PaLM recipe).")
-        st.button("Restore", key="btn_restore", type="primary", on_click=_restore, width="stretch",
-                  help="Load this checkpoint and continue from it; the abandoned path stays visible, faded.")
+        a, b, c = st.columns([1.1, 1.1, 1], vertical_alignment="bottom")
+        a.number_input("New learning rate", key="restore_lr", value=None, format="%.6g",
+                       placeholder="keep the checkpoint's",
+                       help="Applied after the checkpoint is loaded; its saved settings never override it.")
+        b.number_input("New momentum", key="restore_momentum", value=None, format="%.6g",
+                       placeholder="keep the checkpoint's")
+        c.form_submit_button("Restore", type="primary", on_click=_restore, width="stretch",
+                             help="Load this checkpoint and continue from it; the abandoned path stays visible, "
+                                  "faded.")
     c = by_id[ss["restore_id"]]
     path = Path(t.run_dir) / c["path"]
     d1, d2 = st.columns(2)

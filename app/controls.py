@@ -30,7 +30,7 @@ def _set_limit() -> None:
 def control_bar() -> None:
     t = trainer()
     state = t.state
-    cols = st.columns([1, 1, 1, 1, 0.3, 1.6, 2.4, 1.6], vertical_alignment="bottom")
+    cols = st.columns([1, 1, 1, 1, 0.2, 1.5, 4], vertical_alignment="bottom")
     for col, name in zip(cols, ENABLED):
         col.button(name, key=f"btn_{name.lower()}", on_click=_send, args=(name,), disabled=state not in ENABLED[name],
                    type="primary" if name in ("Start", "Resume") and state in ENABLED[name] else "secondary",
@@ -39,6 +39,8 @@ def control_bar() -> None:
         st.session_state["max_steps"] = t.cfg.max_steps
         st.session_state["_limit_seen"] = t.cfg.max_steps
     cols[5].number_input("Stop at step (0 = never)", min_value=0, step=1000, key="max_steps", on_change=_set_limit)
-    cols[6].text_input("Checkpoint label", key="ckpt_label", placeholder="optional, e.g. before lr bump")
-    cols[7].button("Save checkpoint", key="btn_save", on_click=_save, width="stretch",
-                   disabled=state in ("error", "closed"))
+    with cols[6], st.form("save_form", border=False, enter_to_submit=True):
+        a, b = st.columns([1.5, 1], vertical_alignment="bottom")
+        a.text_input("Checkpoint label", key="ckpt_label", placeholder="optional, e.g. before lr bump")
+        b.form_submit_button("Save checkpoint", on_click=_save, width="stretch",
+                             disabled=state in ("error", "closed"))

@@ -60,7 +60,8 @@ def metrics_row(data: dict, smoothing: float) -> None:
     cols[1].metric("Step", f"{st_['step']:,}", help=f"stops at step {st_['max_steps']:,}" if st_["max_steps"] else None)
     cols[2].metric("Epoch", f"{st_['epoch']} · {st_['epoch_progress']:.0%}")
     cols[2].progress(min(1.0, st_["epoch_progress"]))
-    cols[3].metric("Samples/s", f"{st_['samples_per_s']:,.0f}" if st_["samples_per_s"] else "—")
+    sps = st_["samples_per_s"] if st_["state"] == "running" else None
+    cols[3].metric("Samples/s", f"{sps:,.0f}" if sps else "—")
     cols[4].metric("Loss (smoothed)", fmt(smooth[-1] if smooth else None, ".3g"))
     cols[5].metric("Val loss", fmt(ev.get("val_loss"), ".3g"))
     cols[6].metric("Val accuracy", fmt(ev.get("val_acc"), ".1%"))

@@ -76,12 +76,16 @@ def test_start_pause_resume_stop_drive_the_engine(app):
     assert t.journal.checkpoints()[-1]["kind"] == "final"
 
 
+def apply(at):
+    return at.button(key="FormSubmitter:hparams_form-Apply").click().run()
+
+
 def test_apply_sends_the_edited_values_together(app):
     at = app()
     t = runtime.live_trainer()
     at.number_input(key="hp_lr").set_value(0.02)
     at.number_input(key="hp_batch_size").set_value(32)
-    at.button(key="btn_apply").click().run()
+    apply(at)
     assert t.hp.lr == 0.02 and t.hp.batch_size == 32
     assert not errors(at)
     msgs = [e["message"] for e in t.journal.events(kinds=("hparams",))]
@@ -95,7 +99,7 @@ def test_invalid_value_shows_the_engine_error_and_changes_nothing(app, key, valu
     t = runtime.live_trainer()
     before = t.hp
     at.number_input(key=key).set_value(value)
-    at.button(key="btn_apply").click().run()
+    apply(at)
     assert t.hp == before
     assert any(e.startswith(f"{field}: must") for e in errors(at)), errors(at)
 
@@ -106,15 +110,19 @@ def slider(at, label):
 
 def test_log_scale_sliders(app):
     at = app()
-    slider(at, "Learning rate, log₁₀").set_value(-2.0).run()
-    assert at.number_input(key="hp_lr").value == pytest.approx(0.01)
-    slider(at, "Momentum, log₁₀(1 − β)").set_value(-2.0).run()
-    assert at.number_input(key="hp_momentum").value == pytest.approx(0.99)
-    at.number_input(key="hp_momentum").set_value(0.999).run()
-    assert slider(at, "Momentum, log₁₀(1 − β)").value == pytest.approx(-3.0)
-    at.number_input(key="hp_lr").set_value(0.003).run()
-    assert slider(at, "Learning rate, log₁₀").value == pytest.approx(-2.52)
-    assert at.number_input(key="hp_lr").value == 0.003  # typing is never overwritten by the slider
+    t = runtime.live_trainer()
+    slider(at, "Learning rate, log₁₀").set_value(-2.0)
+    apply(at)
+    assert t.hp.lr == pytest.approx(0.01) and at.number_input(key="hp_lr").value == pytest.approx(0.01)
+    slider(at, "Momentum, log₁₀(1 − β)").set_value(-2.0)
+    apply(at)
+    assert t.hp.momentum == pytest.approx(0.99)
+    assert slider(at, "Momentum, log₁₀(1 − β)").value == -2.0
+    # an exact value wins over the slider it sits under
+    slider(at, "Learning rate, log₁₀").set_value(-4.0)
+    at.number_input(key="hp_lr").set_value(0.003)
+    apply(at)
+    assert t.hp.lr == 0.003 and slider(at, "Learning rate, log₁₀").value == pytest.approx(-2.52)
 
 
 def test_nudges_halve_and_double_the_lr(app):
@@ -132,15 +140,14 @@ def test_save_then_restore_from_the_panel_makes_a_branch(app):
     t = runtime.live_trainer()
     run_to(t, 30)
     at.text_input(key="ckpt_label").input("before bump")
-    at.button(key="btn_save").click().run()
+    at.button(key="FormSubmitter:save_form-Save checkpoint").click().run()
     saved = [c for c in t.journal.checkpoints() if c["label"] == "before bump"]
     assert saved and saved[0]["step"] == 30
     run_to(t, 60)
     at.run()
     at.selectbox(key="restore_id").set_value(saved[0]["id"])
-    at.checkbox(key="restore_change").check().run()
     at.number_input(key="restore_lr").set_value(0.03)
-    at.button(key="btn_restore").click().run()
+    at.button(key="FormSubmitter:restore_form-Restore").click().run()
     assert not at.exception and t.step == 30 and t.branch == 1 and t.hp.lr == 0.03
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert any(tr.get("name") == "abandoned branch" for tr in fig["data"])

@@ -123,15 +123,12 @@ def test_babysitting_session(server, page):
     first = wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > 0 and t, "the first loss points")
     wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > first["n"], "the curve to grow")
 
-    lr = page.get_by_label("Learning rate", exact=True)
-    lr.fill("0.05")
-    lr.press("Enter")
+    page.get_by_label("Learning rate", exact=True).fill("0.05")
     page.get_by_role("button", name="Apply", exact=True).click()
     wait_for(lambda: any("lr 0.1 → 0.05" in a for a in plot(page)["annotations"]), "the lr marker")
     wait_for(lambda: 0.05 in trace(plot(page), "lr")["y"], "the lr timeline")
 
     page.get_by_label("Checkpoint label").fill("e2e-save")
-    page.get_by_label("Checkpoint label").press("Enter")
     page.get_by_role("button", name="Save checkpoint", exact=True).click()
     db = server["run_dir"] / "journal.sqlite"
 

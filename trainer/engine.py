@@ -493,6 +493,7 @@ class Trainer:
             self.journal.add_branch(self.branch, ck_branch, fork_step, reason, cid)
             self.journal.set_meta("branch", self.branch)
         self.last_checkpoint = cid
+        self.view.clear()  # the picture and metrics of the abandoned path no longer describe the model
         self._event("restore", f"{reason} from checkpoint {cid} (step {fork_step}, branch {ck_branch})"
                     + (f" onto new branch {self.branch}" if self.branch != old_branch else ""),
                     {"checkpoint": cid, "old_branch": old_branch, "branch": self.branch, "fork_step": fork_step})
