@@ -96,7 +96,7 @@ def pick(page, label, option):
     """Choose an option in a Streamlit selectbox; a click that lands while the page reruns is retried."""
     box = page.locator("[data-testid='stSelectbox']").filter(has_text=label)
     for _ in range(5):
-        box.locator("input").click()
+        box.get_by_role("button", name="Open").click()  # the combobox's own toggle
         opt = page.get_by_role("option", name=option)
         try:
             opt.first.wait_for(timeout=2000)
