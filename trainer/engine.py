@@ -240,7 +240,8 @@ class Trainer:
         hp, model, opt = self.hp, self.model, self.optimizer
         t0 = time.perf_counter()
         lr = decayed_lr(hp, self.batches.epoch - self.lr_set_epoch)
-        if (hp, lr) != self._written:  # nanoGPT's way: the live values go into param_groups
+        if self._written is None or hp is not self._written[0] or lr != self._written[1]:
+            # nanoGPT's way: the live values go into param_groups (every change makes a new HParams)
             self._write_param_groups(hp, lr)
         pos = self.batches.position()
         if self._buffers:  # BatchNorm's running stats change in forward; keep them to undo a bad step
