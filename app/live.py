@@ -25,10 +25,13 @@ def snapshot(t: Trainer) -> dict:
     j, st_ = t.journal, t.status()
     b = st_["branch"]
     lineage = j.lineage(b)
+    evals = j.evals(b)
+    if len(evals) > MAX_POINTS // 2:  # every k-th evaluation and the last: a bounded chart payload
+        evals = evals[:-1:-(-len(evals) // (MAX_POINTS // 2))] + evals[-1:]
     return {
         "status": st_,
         "metrics": j.metrics(b, max_points=MAX_POINTS),
-        "evals": j.evals(b),
+        "evals": evals,
         "events": [e for e in reversed(j.events(kinds=("hparams", "restore"), limit=2000, newest_first=True))
                    if _on_lineage(e["branch"], e["step"], lineage)],
         "checkpoints": [c for c in j.checkpoints() if _on_lineage(c["branch"], c["step"], lineage)],
