@@ -26,7 +26,9 @@ class Batches:
 
     def _permutation(self) -> torch.Tensor:
         self.generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.n, generator=self.generator)
+        perm = torch.randperm(self.n, generator=self.generator)
+        # Tensor data is indexed where it lives: one copy per epoch, not a host-to-device copy per step.
+        return perm.to(self.device) if self.tensors is not None else perm
 
     def next(self, batch_size: int) -> tuple[object, bool]:
         """Return (batch, epoch_ended)."""
@@ -34,7 +36,6 @@ class Batches:
         self.offset += len(idx)
         self.batch_index += 1
         if self.tensors is not None:
-            idx = idx.to(self.device)
             batch = [t[idx] for t in self.tensors]
         else:
             batch = _to(default_collate([self.dataset[i] for i in idx.tolist()]), self.device)
