@@ -93,8 +93,10 @@ def wait_for(fn, what, timeout=45):
 
 
 def pick(page, label, option):
-    """Choose an option in a Streamlit selectbox; a click that lands while the page reruns is retried."""
+    """Choose an option in a Streamlit selectbox. Scroll first: the combobox's popover closes when the
+    page scrolls, which a click on an element below the fold would do. Retried while the page reruns."""
     box = page.locator("[data-testid='stSelectbox']").filter(has_text=label)
+    box.scroll_into_view_if_needed()
     for _ in range(5):
         box.get_by_role("button", name="Open").click()  # the combobox's own toggle
         opt = page.get_by_role("option", name=option)
