@@ -25,7 +25,7 @@ class RunConfig:
     eval_every: int = 100  # evaluation cadence in steps (also at each epoch end); 0 = epoch ends only
     eval_at_epoch_end: bool = True
     keep_last: int = 5  # automatic checkpoints kept on disk (manual, labelled and best are always kept)
-    ring_size: int = 8  # in-memory snapshots for fast short rollbacks
+    ring_size: int = 4  # in-memory snapshots for fast short rollbacks (each a full CPU copy of the state)
     log_every: int = 10  # steps between loss read-backs from the device
     deterministic: bool = True  # torch.use_deterministic_algorithms on CPU
     threads: int = 0  # CPU threads for the training thread's ops; 0 = PyTorch's default

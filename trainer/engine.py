@@ -256,17 +256,7 @@ class Trainer:
             gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
             if hp.grad_clip:
                 torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
-            loss, gnorm = loss.detach(), gnorm.detach()
-            if self.sync_free:
-                finite = torch.isfinite(loss) & torch.isfinite(gnorm)
-                opt.found_inf = (~finite).float()
-                for b, k in zip(self._buffers, self._buffer_backup):
-                    b.copy_(torch.where(finite, b, k))
-            else:  # on the CPU reading a scalar costs nothing
-                loss, gnorm = loss.item(), gnorm.item()
-                if not (math.isfinite(loss) and math.isfinite(gnorm)):
-                    raise Diverged(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step "
-                                   f"{self.step + 1} (loss {loss}, grad norm {gnorm}); the step was not applied")
+            loss, gnorm = self._guard(loss.detach(), gnorm.detach())
         except BaseException:  # undo the half step: same batch next time, buffers as they were
             self.batches.seek(pos)
             if self._buffers:
@@ -291,6 +281,25 @@ class Trainer:
             self._evaluate()
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
             self._checkpoint("auto")
+
+    def _guard(self, loss: torch.Tensor, gnorm: torch.Tensor):
+        """A non-finite loss or gradient must never be applied.
+
+        On the CPU reading two scalars costs nothing: raise Diverged before the step. On CUDA there is
+        no sync: the fused optimizer skips the step whose found_inf flag is set, BatchNorm buffers keep
+        their backup, and the read-back reports it. Returns (loss, gnorm), as floats on the CPU path.
+        """
+        if self.sync_free:
+            finite = torch.isfinite(loss) & torch.isfinite(gnorm)
+            self.optimizer.found_inf = (~finite).float()
+            for b, k in zip(self._buffers, self._buffer_backup):
+                b.copy_(torch.where(finite, b, k))
+            return loss, gnorm
+        loss_v, gnorm_v = loss.item(), gnorm.item()
+        if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
+            raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
+                           f"{self.step + 1} (loss {loss_v}, grad norm {gnorm_v}); the step was not applied")
+        return loss_v, gnorm_v
 
     def _write_param_groups(self, hp: HParams, lr: float) -> None:
         for g in self.optimizer.param_groups:
