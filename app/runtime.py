@@ -83,7 +83,7 @@ def current(task: str = "spirals", run_dir: str | None = None) -> Trainer:
             return t
         if run_dir and (Path(run_dir) / "journal.sqlite").exists():
             return open_run(Path(run_dir))
-        return new_run(RunConfig(task=task, run_dir=str(run_dir or run_dir_for(default_name(task))), threads=int(os.environ.get("PANDA_THREADS", "0"))))
+        return new_run(RunConfig(task=task, run_dir=str(run_dir or run_dir_for(default_name(task)))))
 
 
 def new_run(config: RunConfig, hparams: dict | None = None) -> Trainer:
