@@ -119,8 +119,16 @@ def test_babysitting_session(server, page):
 
     page.goto(server["url"])
     page.wait_for_selector("[data-testid='stApp']")
-    expect(page.get_by_role("button", name="Start", exact=True)).to_be_enabled()
-    page.get_by_role("button", name="Start", exact=True).click()
+    page.wait_for_selector(".js-plotly-plot")  # the first script run has drawn the page
+    start = page.get_by_role("button", name="Start", exact=True)
+    expect(start).to_be_enabled()
+    for _ in range(3):  # a click that lands while the first run is still finishing is not delivered
+        start.click()
+        try:
+            expect(page.get_by_text("running", exact=True).first).to_be_visible(timeout=10_000)
+            break
+        except AssertionError:
+            continue
 
     first = wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > 0 and t, "the first loss points")
     wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > first["n"], "the curve to grow")
