@@ -28,16 +28,11 @@ def _restore() -> None:
 
 def metrics_csv() -> bytes:
     t = trainer()
-    rows = t.journal.metrics(t.branch)
-    evals = {e["step"]: e for e in t.journal.evals(t.branch)}
+    rows = t.journal.export_rows(t.branch)
     out = io.StringIO()
-    fields = ["step", "epoch", "branch", "loss", "lr", "momentum", "weight_decay", "batch_size", "grad_norm",
-              "samples_per_s", "wall", "val_loss", "val_acc", "train_acc"]
-    w = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore")
+    w = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["step"])
     w.writeheader()
-    for r in rows:
-        e = evals.get(r["step"], {})
-        w.writerow({**r, "val_loss": e.get("val_loss"), "val_acc": e.get("val_acc"), "train_acc": e.get("train_acc")})
+    w.writerows(rows)
     return out.getvalue().encode()
 
 

@@ -7,11 +7,9 @@ can never race a half-typed value.
 """
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
-from trainer.hparams import DECAYS, lr_from_exponent, momentum_from_exponent
+from trainer.hparams import DECAYS, lr_exponent, lr_from_exponent, momentum_exponent, momentum_from_exponent
 
 from .common import report, trainer
 
@@ -22,11 +20,11 @@ ss = st.session_state
 
 
 def _lr_exp(lr: float) -> float:
-    return round(min(LR_EXP[1], max(LR_EXP[0], math.log10(lr))), 2)
+    return round(min(LR_EXP[1], max(LR_EXP[0], lr_exponent(lr))), 2)
 
 
 def _mom_exp(beta: float) -> float:
-    return 0.0 if beta <= 0 else round(min(MOM_EXP[1], max(MOM_EXP[0], math.log10(1 - beta))), 2)
+    return 0.0 if beta <= 0 else round(min(MOM_EXP[1], max(MOM_EXP[0], momentum_exponent(beta))), 2)
 
 
 def _mom_from_exp(r: float) -> float:

@@ -8,7 +8,6 @@ from trainer.config import OPTIMIZERS
 from trainer.tasks import BUILTINS
 
 from . import runtime
-from .common import trainer
 
 ss = st.session_state
 CUSTOM = "custom: module:function or file.py:function"
@@ -48,7 +47,6 @@ def _open_run() -> None:
 
 
 def runs_panel() -> None:
-    t = trainer()
     st.subheader("Runs")
     if ss.get("run_error"):
         st.error(ss["run_error"], icon="⚠️")

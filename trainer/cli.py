@@ -155,11 +155,7 @@ def _cmd_checkpoints(a) -> None:
 def _cmd_export(a) -> None:
     j = _journal(a.run_dir)
     branch = int(j.meta().get("branch", 0))
-    rows = j.metrics(branch)
-    evals = {e["step"]: e for e in j.evals(branch)}
-    for r in rows:
-        e = evals.get(r["step"], {})
-        r.update({k: e.get(k) for k in ("val_loss", "val_acc", "train_acc")})
+    rows = j.export_rows(branch)
     if a.format == "csv":
         with open(a.out, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["step"])

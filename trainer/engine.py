@@ -581,10 +581,6 @@ class Trainer:
     def set_hp_dict(self, d: dict[str, Any]) -> None:
         self.hp = validate(HParams(), d, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
 
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
     def status(self) -> dict[str, Any]:
         """A snapshot for the UI; cheap, safe from any thread."""
         steps_per_epoch = math.ceil(self.n_train / self.hp.batch_size)

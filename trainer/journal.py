@@ -203,6 +203,15 @@ class Journal:
             rows += tail[-1:]
         return rows
 
+    def export_rows(self, branch: int) -> list[dict]:
+        """The lineage's per-step metrics with each step's evaluation beside it (CSV/parquet export)."""
+        evals = {e["step"]: e for e in self.evals(branch)}
+        rows = self.metrics(branch)
+        for r in rows:
+            e = evals.get(r["step"], {})
+            r.update({k: e.get(k) for k in ("val_loss", "val_acc", "train_acc")})
+        return rows
+
     def evals(self, branch: int, since_step: int = 0) -> list[dict]:
         return self._lineage_rows("evals", branch, since_step)
 
