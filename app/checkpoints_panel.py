@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from .common import report, trainer
+from .common import reader, report, status, trainer
 
 ss = st.session_state
 
@@ -27,8 +27,7 @@ def _restore() -> None:
 
 
 def metrics_csv() -> bytes:
-    t = trainer()
-    rows = t.journal.export_rows(t.branch)
+    rows = reader().export_rows(status().branch)
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["step"])
     w.writeheader()
@@ -37,8 +36,8 @@ def metrics_csv() -> bytes:
 
 
 def restore_panel() -> None:
-    t = trainer()
-    rows = list(reversed(t.journal.checkpoints()))
+    j, run_dir = reader(), Path(status().run.run_dir)
+    rows = list(reversed(j.checkpoints()))
     if not rows:
         return
     by_id = {c["id"]: c for c in rows}
@@ -59,9 +58,9 @@ def restore_panel() -> None:
                              help="Load this checkpoint and continue from it; the abandoned path stays visible, "
                                   "faded.")
     c = by_id[ss["restore_id"]]
-    path = Path(t.run_dir) / c["path"]
+    path = j.checkpoint_file(c["id"])
     d1, d2 = st.columns(2)
     d1.download_button("Download checkpoint", data=lambda p=path: p.read_bytes(), file_name=path.name,
                        mime="application/octet-stream", key="dl_ckpt", width="stretch", on_click="ignore")
-    d2.download_button("Export metrics (CSV)", data=metrics_csv, file_name=f"{Path(t.run_dir).name}-metrics.csv",
+    d2.download_button("Export metrics (CSV)", data=metrics_csv, file_name=f"{run_dir.name}-metrics.csv",
                        mime="text/csv", key="dl_csv", width="stretch", on_click="ignore")

@@ -1,11 +1,16 @@
-"""Small helpers the panels share: the trainer for this server, and messages that survive a rerun."""
+"""Small helpers the panels share: the trainer for this server, its status and journal reader, and
+messages that survive a rerun."""
 from __future__ import annotations
 
 import streamlit as st
 
-from trainer import Result, Trainer
+from trainer import Reader, Result, Status, Trainer
 
 from . import runtime
+
+# One read-only journal view per run directory, shared by every session: each reading thread opens
+# its own SQLite connection on first use (Reader keeps them per thread).
+_READERS: dict[str, Reader] = {}
 
 
 def trainer() -> Trainer:
@@ -13,9 +18,25 @@ def trainer() -> Trainer:
     return runtime.current(task=args.get("task", "spirals"), run_dir=args.get("run_dir"))
 
 
+def status() -> Status:
+    return trainer().status()
+
+
+def reader() -> Reader:
+    t = trainer()
+    run_dir = t.status().run.run_dir
+    r = _READERS.get(run_dir)
+    if r is None:
+        r = _READERS[run_dir] = t.reader()
+    return r
+
+
 def report(result: Result, what: str) -> None:
-    """Show a command's result after the rerun: a toast when applied, an error when rejected."""
-    trainer().journal.flush()  # so the page drawn next already shows what the command did
+    """Show a command's result after the rerun: a toast when applied, an error when rejected.
+
+    A Result is given only once what the command did is in the journal, so the page drawn next
+    already shows it.
+    """
     st.session_state.setdefault("_flash", []).append(
         ("ok" if result.ok else "error", f"{what}: {result}" if result.ok else f"{what} {result}"))
 

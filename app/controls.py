@@ -1,21 +1,19 @@
-"""The run's remote control: Start, Pause, Resume, Stop, and Save checkpoint."""
+"""The run's remote control: Start, Pause, Resume, Stop, the step limit, and Save checkpoint.
+
+Which buttons are enabled comes from the engine's own table of states and commands
+(Status.accepts), so a button is live exactly when the engine would accept its command.
+"""
 from __future__ import annotations
 
 import streamlit as st
 
-from .common import report, trainer
+from .common import report, status, trainer
 
-ENABLED = {  # which buttons make sense in which state
-    "Start": ("ready", "stopped", "done"),
-    "Pause": ("running",),
-    "Resume": ("paused", "error"),
-    "Stop": ("running", "paused", "error"),
-}
+BUTTONS = ("Start", "Pause", "Resume", "Stop")  # each sends the command of its name, lower-cased
 
 
 def _send(kind: str) -> None:
-    t = trainer()
-    report(getattr(t, kind.lower())().wait(10), kind)
+    report(trainer().submit(kind.lower()).wait(10), kind)
 
 
 def _save() -> None:
@@ -28,19 +26,17 @@ def _set_limit() -> None:
 
 
 def control_bar() -> None:
-    t = trainer()
-    state = t.state
+    s = status()
     cols = st.columns([1, 1, 1, 1, 0.2, 1.5, 4], vertical_alignment="bottom")
-    for col, name in zip(cols, ENABLED):
-        col.button(name, key=f"btn_{name.lower()}", on_click=_send, args=(name,), disabled=state not in ENABLED[name],
-                   type="primary" if name in ("Start", "Resume") and state in ENABLED[name] else "secondary",
-                   width="stretch")
-    if "max_steps" not in st.session_state or st.session_state.get("_limit_seen") != t.cfg.max_steps:
-        st.session_state["max_steps"] = t.cfg.max_steps
-        st.session_state["_limit_seen"] = t.cfg.max_steps
+    for col, name in zip(cols, BUTTONS):
+        live = name.lower() in s.accepts
+        col.button(name, key=f"btn_{name.lower()}", on_click=_send, args=(name,), disabled=not live,
+                   type="primary" if name in ("Start", "Resume") and live else "secondary", width="stretch")
+    if "max_steps" not in st.session_state or st.session_state.get("_limit_seen") != s.max_steps:
+        st.session_state["max_steps"] = s.max_steps
+        st.session_state["_limit_seen"] = s.max_steps
     cols[5].number_input("Stop at step (0 = never)", min_value=0, step=1000, key="max_steps", on_change=_set_limit)
     with cols[6], st.form("save_form", border=False, enter_to_submit=True):
         a, b = st.columns([1.5, 1], vertical_alignment="bottom")
         a.text_input("Checkpoint label", key="ckpt_label", placeholder="optional, e.g. before lr bump")
-        b.form_submit_button("Save checkpoint", on_click=_save, width="stretch",
-                             disabled=state in ("error", "closed"))
+        b.form_submit_button("Save checkpoint", on_click=_save, width="stretch", disabled="save" not in s.accepts)

@@ -11,7 +11,7 @@ import streamlit as st
 
 from trainer.hparams import DECAYS, lr_exponent, lr_from_exponent, momentum_exponent, momentum_from_exponent
 
-from .common import report, trainer
+from .common import report, status, trainer
 
 FIELDS = ("lr", "momentum", "weight_decay", "lr_decay", "decay_rate", "decay_every", "batch_size", "grad_clip")
 LR_EXP = (-6.0, 1.0)
@@ -55,7 +55,7 @@ def edited(current: dict) -> dict:
 
 def _apply() -> None:
     t = trainer()
-    changes = edited(t.hp_dict())
+    changes = edited(t.status().hp)
     if not changes:
         ss.setdefault("_flash", []).append(("ok", "Apply: nothing changed"))
         return
@@ -69,7 +69,7 @@ def _apply() -> None:
 
 def _nudge(factor: float) -> None:
     t = trainer()
-    report(t.set_hparams(lr=t.hp.lr * factor).wait(10), f"lr ×{factor:g}")
+    report(t.set_hparams(lr=t.status().hparams.lr * factor).wait(10), f"lr ×{factor:g}")
 
 
 def _error_for(field: str) -> None:
@@ -79,8 +79,8 @@ def _error_for(field: str) -> None:
 
 
 def hparams_panel() -> None:
-    t = trainer()
-    hp = t.hp_dict()
+    s = status()
+    hp = s.hp
     _sync(hp)
     st.subheader("Hyperparameters")
     c1, c2 = st.columns(2)
@@ -96,7 +96,7 @@ def hparams_panel() -> None:
         _error_for("lr")
         st.slider("Momentum, log₁₀(1 − β)", *MOM_EXP, step=0.05, key="hp_mom_exp",
                   help="β = 1 − 10^r: r = −1 is 0.9, r = −2 is 0.99, r = −3 is 0.999. Right end: no momentum.")
-        st.number_input("Momentum (β₁ for Adam)" if t.cfg.optimizer != "sgd" else "Momentum", key="hp_momentum",
+        st.number_input("Momentum (β₁ for Adam)" if s.run.optimizer != "sgd" else "Momentum", key="hp_momentum",
                         format="%.6g", step=0.01)
         _error_for("momentum")
         st.number_input("Weight decay", key="hp_weight_decay", format="%.6g", step=1e-4)

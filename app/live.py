@@ -4,46 +4,40 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-import numpy as np
 import streamlit as st
 
-from trainer import Trainer
+from trainer import Reader, Status
 
 from . import figures
-from .common import fmt, trainer
+from .common import fmt, reader, status
 
 MAX_POINTS = 2000
 TICK = 1.0
 
 
-def _on_lineage(branch: int, step: int, lineage: list[tuple[int, int, float]]) -> bool:
-    return any(b == branch and after <= step <= upto for b, after, upto in lineage)
-
-
-def snapshot(t: Trainer) -> dict:
-    """Everything the charts draw, read from the journal: the single source of truth."""
-    j, st_ = t.journal, t.status()
-    b = st_["branch"]
+def snapshot(s: Status, j: Reader) -> dict:
+    """Everything the charts draw: the run's history from the journal, on the branch `s` is on."""
+    b = s.branch
     lineage = j.lineage(b)
     evals = j.evals(b)
     if len(evals) > MAX_POINTS // 2:  # every k-th evaluation and the last: a bounded chart payload
         evals = evals[:-1:-(-len(evals) // (MAX_POINTS // 2))] + evals[-1:]
     return {
-        "status": st_,
+        "status": s,
         "metrics": j.metrics(b, max_points=MAX_POINTS),
         "evals": evals,
         "events": [e for e in reversed(j.events(kinds=("hparams", "restore"), limit=2000, newest_first=True))
-                   if _on_lineage(e["branch"], e["step"], lineage)],
-        "checkpoints": [c for c in j.checkpoints() if _on_lineage(c["branch"], c["step"], lineage)],
+                   if j.on_lineage(e["branch"], e["step"], lineage)],
+        "checkpoints": [c for c in j.checkpoints() if j.on_lineage(c["branch"], c["step"], lineage)],
         "branches": j.other_branches(b, max_points=500),
     }
 
 
-def _eta(st_: dict) -> str:
-    if not st_["max_steps"] or st_["state"] != "running" or not st_["samples_per_s"]:
+def _eta(s: Status) -> str:
+    if not s.max_steps or s.state != "running" or not s.samples_per_s:
         return "—"
-    steps_s = st_["samples_per_s"] / st_["hparams"]["batch_size"]
-    left = max(0, st_["max_steps"] - st_["step"]) / max(steps_s, 1e-9)
+    steps_s = s.samples_per_s / s.hparams.batch_size
+    left = max(0, s.max_steps - s.step) / max(steps_s, 1e-9)
     return time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} d"
 
 
@@ -53,45 +47,35 @@ STATE_BADGES = {"running": ":green-badge[running]", "paused": ":orange-badge[pau
 
 
 def metrics_row(data: dict, smoothing: float) -> None:
-    st_ = data["status"]
+    s: Status = data["status"]
     smooth = figures.ema([m["loss"] for m in data["metrics"]], smoothing)
-    ev = st_.get("eval") or {}
+    ev = s.eval or {}
     cols = st.columns([1, 1.15, 1.1, 1, 1, 1, 1, 0.9])
     with cols[0]:
         st.caption("Status")
-        st.markdown(f"#### {STATE_BADGES.get(st_['state'], st_['state'])}")
-    cols[1].metric("Step", f"{st_['step']:,}", help=f"stops at step {st_['max_steps']:,}" if st_["max_steps"] else None)
-    cols[2].metric("Epoch", f"{st_['epoch']} · {st_['epoch_progress']:.0%}")
-    cols[2].progress(min(1.0, st_["epoch_progress"]))
-    sps = st_["samples_per_s"] if st_["state"] == "running" else None
+        st.markdown(f"#### {STATE_BADGES.get(s.state, s.state)}")
+    cols[1].metric("Step", f"{s.step:,}", help=f"stops at step {s.max_steps:,}" if s.max_steps else None)
+    cols[2].metric("Epoch", f"{s.epoch} · {s.epoch_progress:.0%}")
+    cols[2].progress(min(1.0, s.epoch_progress))
+    sps = s.samples_per_s if s.state == "running" else None
     cols[3].metric("Samples/s", f"{sps:,.0f}" if sps else "—")
     cols[4].metric("Loss (smoothed)", fmt(smooth[-1] if smooth else None, ".3g"))
     cols[5].metric("Val loss", fmt(ev.get("val_loss"), ".3g"))
     cols[6].metric("Val accuracy", fmt(ev.get("val_acc"), ".1%"))
-    cols[7].metric("ETA", _eta(st_))
-
-
-def _points(t: Trainer, n: int = 600):
-    data = t.task.train_data
-    if not hasattr(data, "tensors"):
-        return None
-    x, y = data.tensors
-    idx = np.linspace(0, len(x) - 1, min(n, len(x))).astype(int)
-    return x[idx].numpy(), y[idx].numpy()
+    cols[7].metric("ETA", _eta(s))
 
 
 def live_view() -> None:
-    t = trainer()
-    data = snapshot(t)
-    st_ = data["status"]
-    if st_["state"] == "error":
-        st.error(f"**Training paused on an error.** {st_['error']}  \nChange a hyperparameter and Resume, or "
+    s = status()
+    data = snapshot(s, reader())
+    if s.state == "error":
+        st.error(f"**Training paused on an error.** {s.error}  \nChange a hyperparameter and Resume, or "
                  "restore a checkpoint below and go on.")
     smoothing = st.session_state.get("smoothing", 0.6)
     metrics_row(data, smoothing)
     x_axis = st.session_state.get("x_axis", "step")
-    revision = f"{st_['run_dir']}|{x_axis}|{st.session_state.get('log_y', False)}"
-    side = t.task.grid is not None or bool(t.task.metrics)
+    revision = f"{s.run.run_dir}|{x_axis}|{st.session_state.get('log_y', False)}"
+    side = s.run.has_grid or bool(s.run.metrics)
     left, right = st.columns([2.3, 1]) if side else (st.container(), None)
     with left:
         if not data["metrics"]:
@@ -102,20 +86,20 @@ def live_view() -> None:
         st.plotly_chart(fig, key="loss_chart", config={"displaylogo": False})
     if right is not None:
         with right:
-            grid = t.view.get("grid")
-            if grid is not None:
-                st.plotly_chart(figures.boundary_figure(grid, _points(t), revision=st_["run_dir"]), key="boundary",
+            if s.grid is not None:
+                grid = {"step": s.grid.step, "axis": s.grid.axis, "probs": s.grid.probs}
+                st.plotly_chart(figures.boundary_figure(grid, s.run.points, revision=s.run.run_dir), key="boundary",
                                 config={"displayModeBar": False})
-            elif t.task.grid is not None:
+            elif s.run.has_grid:
                 st.caption("The decision boundary appears at the first evaluation.")
-            if t.task.metrics:
+            if s.run.metrics:
                 st.plotly_chart(figures.accuracy_figure(data["evals"], data["metrics"], x_axis=x_axis,
                                                         revision=revision), key="acc_chart",
                                 config={"displayModeBar": False})
-    if st.session_state.get("_seen_state") not in (None, st_["state"]):
-        st.session_state["_seen_state"] = st_["state"]
+    if st.session_state.get("_seen_state") not in (None, s.state):
+        st.session_state["_seen_state"] = s.state
         st.rerun(scope="app")  # buttons and the refresh timer follow the new state
-    st.session_state["_seen_state"] = st_["state"]
+    st.session_state["_seen_state"] = s.state
 
 
 def chart_options() -> None:
@@ -127,8 +111,7 @@ def chart_options() -> None:
 
 
 def event_log() -> None:
-    t = trainer()
-    rows = t.journal.events(limit=200, newest_first=True)
+    rows = reader().events(limit=200, newest_first=True)
     if not rows:
         st.caption("No events yet.")
         return
@@ -140,11 +123,10 @@ def event_log() -> None:
 
 
 def checkpoint_table() -> None:
-    t = trainer()
-    rows = t.journal.checkpoints()
+    rows = reader().checkpoints()
     if not rows:
         st.caption("No checkpoints yet: one is saved every "
-                   f"{t.cfg.ckpt_every} steps, and whenever you press Save checkpoint.")
+                   f"{status().run.ckpt_every} steps, and whenever you press Save checkpoint.")
         return
     st.dataframe(
         [{"id": c["id"], "step": c["step"], "epoch": c["epoch"],
@@ -159,4 +141,4 @@ def checkpoint_table() -> None:
 
 
 def run_every() -> float | None:
-    return TICK if trainer().state == "running" else None
+    return TICK if status().state == "running" else None

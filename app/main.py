@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from .checkpoints_panel import restore_panel
-from .common import show_flash, trainer
+from .common import show_flash, status
 from .controls import control_bar
 from .hparams_panel import hparams_panel
 from .live import chart_options, checkpoint_table, event_log, live_view, run_every
@@ -22,17 +22,16 @@ CSS = """<style>
 
 def main(args: dict) -> None:
     st.session_state.setdefault("_args", args)
-    t = trainer()
-    st.session_state["_seen_state"] = t.state
+    st.session_state["_seen_state"] = status().state
     with st.sidebar:
         hparams_panel()
         st.divider()
         runs_panel()
-    st_ = t.status()
+    s = status()
     st.html(CSS)
-    st.markdown(f"### 🐼 Panda &nbsp;·&nbsp; `{Path(st_['run_dir']).name}`")
-    st.caption(f"task **{st_['task']}** · optimizer **{st_['optimizer']}** · device **{st_['device']}** · "
-               f"branch **{st_['branch']}** · {st_['run_dir']}")
+    st.markdown(f"### 🐼 Panda &nbsp;·&nbsp; `{Path(s.run.run_dir).name}`")
+    st.caption(f"task **{s.run.task_name}** · optimizer **{s.run.optimizer}** · device **{s.run.device}** · "
+               f"branch **{s.branch}** · {s.run.run_dir}")
     show_flash()
     control_bar()
     every = run_every()

@@ -27,7 +27,7 @@ def runs_root() -> Path:
 def live_trainer() -> Trainer | None:
     for th in threading.enumerate():
         t = getattr(th, "trainer", None)
-        if th.name == THREAD_NAME and th.is_alive() and t is not None and t.state != "closed":
+        if th.name == THREAD_NAME and th.is_alive() and t is not None and t.status().state != "closed":
             return t
     return None
 
@@ -92,6 +92,6 @@ def new_run(config: RunConfig, hparams: dict | None = None) -> Trainer:
 
 def open_run(run_dir: Path) -> Trainer:
     t = live_trainer()
-    if t is not None and Path(t.run_dir).resolve() == Path(run_dir).resolve():
+    if t is not None and Path(t.status().run.run_dir).resolve() == Path(run_dir).resolve():
         return t
     return _swap(lambda: Trainer.open(run_dir))

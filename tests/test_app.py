@@ -3,6 +3,7 @@ import json
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -46,6 +47,10 @@ def trainer_threads():
     return [th for th in threading.enumerate() if th.name == THREAD_NAME and th.is_alive()]
 
 
+def hp(t):
+    return t.status().hparams
+
+
 def errors(at):
     return [e.value for e in at.error]
 
@@ -53,8 +58,8 @@ def errors(at):
 def test_page_renders_with_spirals_ready(app):
     at = app()
     assert not at.exception
-    t = runtime.live_trainer()
-    assert t.cfg.task == "spirals" and t.state == "ready" and t.step == 0
+    s = runtime.live_trainer().status()
+    assert s.run.task == "spirals" and s.state == "ready" and s.step == 0
     assert not at.button(key="btn_start").disabled and at.button(key="btn_pause").disabled
     assert any("No steps yet" in i.value for i in at.info)
     assert at.number_input(key="hp_lr").value == 0.1 and slider(at, "Learning rate, log₁₀").value == -1.0
@@ -64,16 +69,16 @@ def test_start_pause_resume_stop_drive_the_engine(app):
     at = app()
     at.button(key="btn_start").click().run()
     t = runtime.live_trainer()
-    assert t.state == "running"
+    assert t.status().state == "running"
     time.sleep(0.3)
     at.button(key="btn_pause").click().run()
-    assert t.state == "paused" and not at.exception
+    assert t.status().state == "paused" and not at.exception
     assert not at.button(key="btn_resume").disabled
     at.button(key="btn_resume").click().run()
-    assert t.state == "running"
+    assert t.status().state == "running"
     at.button(key="btn_stop").click().run()
-    assert t.state == "stopped"
-    assert t.journal.checkpoints()[-1]["kind"] == "final"
+    assert t.status().state == "stopped"
+    assert t.reader().checkpoints()[-1]["kind"] == "final"
 
 
 def apply(at):
@@ -86,9 +91,9 @@ def test_apply_sends_the_edited_values_together(app):
     at.number_input(key="hp_lr").set_value(0.02)
     at.number_input(key="hp_batch_size").set_value(32)
     apply(at)
-    assert t.hp.lr == 0.02 and t.hp.batch_size == 32
+    assert hp(t).lr == 0.02 and hp(t).batch_size == 32
     assert not errors(at)
-    msgs = [e["message"] for e in t.journal.events(kinds=("hparams",))]
+    msgs = [e["message"] for e in t.reader().events(kinds=("hparams",))]
     assert msgs == ["lr 0.1 → 0.02", "batch_size 64 → 32"]
 
 
@@ -97,10 +102,10 @@ def test_apply_sends_the_edited_values_together(app):
 def test_invalid_value_shows_the_engine_error_and_changes_nothing(app, key, value, field):
     at = app()
     t = runtime.live_trainer()
-    before = t.hp
+    before = hp(t)
     at.number_input(key=key).set_value(value)
     apply(at)
-    assert t.hp == before
+    assert hp(t) == before
     assert any(e.startswith(f"{field}: must") for e in errors(at)), errors(at)
 
 
@@ -113,26 +118,26 @@ def test_log_scale_sliders(app):
     t = runtime.live_trainer()
     slider(at, "Learning rate, log₁₀").set_value(-2.0)
     apply(at)
-    assert t.hp.lr == pytest.approx(0.01) and at.number_input(key="hp_lr").value == pytest.approx(0.01)
+    assert hp(t).lr == pytest.approx(0.01) and at.number_input(key="hp_lr").value == pytest.approx(0.01)
     slider(at, "Momentum, log₁₀(1 − β)").set_value(-2.0)
     apply(at)
-    assert t.hp.momentum == pytest.approx(0.99)
+    assert hp(t).momentum == pytest.approx(0.99)
     assert slider(at, "Momentum, log₁₀(1 − β)").value == -2.0
     # an exact value wins over the slider it sits under
     slider(at, "Learning rate, log₁₀").set_value(-4.0)
     at.number_input(key="hp_lr").set_value(0.003)
     apply(at)
-    assert t.hp.lr == 0.003 and slider(at, "Learning rate, log₁₀").value == pytest.approx(-2.52)
+    assert hp(t).lr == 0.003 and slider(at, "Learning rate, log₁₀").value == pytest.approx(-2.52)
 
 
 def test_nudges_halve_and_double_the_lr(app):
     at = app()
     t = runtime.live_trainer()
     at.button(key="nudge_up").click().run()
-    assert t.hp.lr == 0.2
+    assert hp(t).lr == 0.2
     at.button(key="nudge_down").click().run()
     at.button(key="nudge_down").click().run()
-    assert t.hp.lr == 0.05 and at.number_input(key="hp_lr").value == 0.05  # the fields follow the engine
+    assert hp(t).lr == 0.05 and at.number_input(key="hp_lr").value == 0.05  # the fields follow the engine
 
 
 def test_save_then_restore_from_the_panel_makes_a_branch(app):
@@ -141,14 +146,15 @@ def test_save_then_restore_from_the_panel_makes_a_branch(app):
     run_to(t, 30)
     at.text_input(key="ckpt_label").input("before bump")
     at.button(key="FormSubmitter:save_form-Save checkpoint").click().run()
-    saved = [c for c in t.journal.checkpoints() if c["label"] == "before bump"]
+    saved = [c for c in t.reader().checkpoints() if c["label"] == "before bump"]
     assert saved and saved[0]["step"] == 30
     run_to(t, 60)
     at.run()
     at.selectbox(key="restore_id").set_value(saved[0]["id"])
     at.number_input(key="restore_lr").set_value(0.03)
     at.button(key="FormSubmitter:restore_form-Restore").click().run()
-    assert not at.exception and t.step == 30 and t.branch == 1 and t.hp.lr == 0.03
+    s = t.status()
+    assert not at.exception and s.step == 30 and s.branch == 1 and s.hparams.lr == 0.03
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert any(tr.get("name") == "abandoned branch" for tr in fig["data"])
 
@@ -159,7 +165,6 @@ def test_chart_carries_the_curve_and_markers(app):
     run_to(t, 40)
     t.set_hparams(lr=0.05).wait()
     run_to(t, 80)
-    t.journal.flush()
     at.run()
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     raw = next(tr for tr in fig["data"] if tr.get("name") == "train loss")
@@ -173,7 +178,7 @@ def test_error_banner_after_a_nan(app, tmp_path):
     t = runtime.live_trainer()
     assert t.set_max_steps(100).wait().ok
     at.button(key="btn_start").click().run()
-    assert t.wait(30) and t.state == "error"
+    assert t.wait(30) and t.status().state == "error"
     at.run()
     assert any("Training paused on an error" in e and "non-finite loss at step 37" in e for e in errors(at))
     assert not at.button(key="btn_resume").disabled
@@ -197,13 +202,14 @@ def test_new_run_then_open_the_old_one(app, tmp_path):
     at.text_input(key="new_name").input("digits-a")
     at.button(key="btn_new_run").click().run()
     second = runtime.live_trainer()
-    assert second is not first and second.cfg.task == "digits" and first.state == "closed"
+    assert second is not first and second.status().run.task == "digits" and first.status().state == "closed"
     assert len(trainer_threads()) == 1
     at.run()
-    at.selectbox(key="open_name").set_value(first.run_dir.name)
+    first_dir = Path(first.status().run.run_dir)
+    at.selectbox(key="open_name").set_value(first_dir.name)
     at.button(key="btn_open_run").click().run()
-    reopened = runtime.live_trainer()
-    assert reopened.run_dir.resolve() == first.run_dir.resolve() and reopened.step == 20
+    reopened = runtime.live_trainer().status()
+    assert Path(reopened.run.run_dir).resolve() == first_dir.resolve() and reopened.step == 20
     assert len(trainer_threads()) == 1
 
 
@@ -234,5 +240,5 @@ def test_opening_a_run_dir_from_the_command_line(app, tmp_path):
     run_to(t, 25)
     t.close()
     at = app(task="spirals", run_dir=str(d))
-    live = runtime.live_trainer()
-    assert not at.exception and live.cfg.task == "quadratic" and live.step == 25
+    live = runtime.live_trainer().status()
+    assert not at.exception and live.run.task == "quadratic" and live.step == 25
