@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import run_to
-from trainer import state as ckpt
-from trainer.state import CheckpointError
+from trainer import snapshot as ckpt
+from trainer.snapshot import CheckpointError
 
 
 def test_checkpoint_holds_everything_a_continuation_needs(make, tmp_path):
@@ -48,11 +48,11 @@ def test_broken_checkpoint_is_rejected_and_the_trainer_carries_on(make, tmp_path
         torch.save({"weights": torch.zeros(3)}, path)
     else:
         path.write_bytes(content)
-    t._ring.clear()
-    before = ckpt.capture(t)
+    t.store._ring.clear()
+    before = t._capture()
     r = t.restore(first["id"]).wait()
     assert not r.ok and str(first["path"]).split("/")[-1] in r.message
-    assert t.step == 40 and torch.equal(ckpt.capture(t)["model"]["0.weight"], before["model"]["0.weight"])
+    assert t.step == 40 and torch.equal(t._capture()["model"]["0.weight"], before["model"]["0.weight"])
     run_to(t, 60)
 
 
@@ -103,7 +103,7 @@ def test_checkpoint_paths_never_leave_the_run_directory(make, tmp_path):
     t.journal.flush()
     outside = tmp_path / "elsewhere.pt"
     outside.write_bytes(b"x")
-    t.journal._con.execute("UPDATE checkpoints SET path = ? WHERE id = 1", ("../elsewhere.pt",))
-    t._ring.clear()
+    t.journal._wcon.execute("UPDATE checkpoints SET path = ? WHERE id = 1", ("../elsewhere.pt",))
+    t.store._ring.clear()
     r = t.restore(1).wait()
     assert not r.ok and "leaves the run directory" in r.message and t.step == 20

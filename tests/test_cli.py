@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT
-from trainer import state as ckpt
+from trainer import snapshot as ckpt
 
 
 def cli(*args, timeout=300):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import PLUGINS, ROOT, assert_same_state, run_to
-from trainer import state as ckpt
+from trainer import snapshot as ckpt
 
 TASKS = {  # task -> (k, extra steps on the abandoned path, optimizer, hparams)
     "spirals": (60, 25, "sgd", {"lr_decay": "inverse-time", "decay_rate": 0.5}),
@@ -23,7 +23,7 @@ IDS = ["spirals", "digits", "quadratic", "plugin-all-rngs"]
 def straight(make, task, opt, hp, steps):
     ref = make("straight", hp, task=task, optimizer=opt, eval_every=20)
     run_to(ref, steps)
-    return ckpt.capture(ref)
+    return ref._capture()
 
 
 @pytest.mark.parametrize("from_disk", [False, True], ids=["ring", "disk"])
@@ -37,11 +37,11 @@ def test_restore_then_continue_same_hparams(make, task, from_disk):
     run_to(t, k + j)
     if from_disk:
         t.journal.flush()
-        t._ring.clear()
+        t.store._ring.clear()
     assert t.restore(cid).wait().ok
     assert t.step == k
     run_to(t, 2 * k)
-    assert_same_state(ckpt.capture(t), expected)
+    assert_same_state(t._capture(), expected)
 
 
 @pytest.mark.parametrize("task", TASKS, ids=IDS)
@@ -57,7 +57,7 @@ def test_detour_with_other_lr_then_restore(make, task):
     assert t.restore(cid).wait().ok  # the checkpoint's own hyperparameters come back
     assert t.hp.lr == lr
     run_to(t, 2 * k)
-    assert_same_state(ckpt.capture(t), expected)
+    assert_same_state(t._capture(), expected)
 
 
 @pytest.mark.parametrize("task", TASKS, ids=IDS)

@@ -5,7 +5,7 @@ import time
 import torch
 
 from conftest import PLUGINS, assert_same_state, run_to
-from trainer import THREAD_NAME, state as ckpt
+from trainer import THREAD_NAME, snapshot as ckpt
 from trainer.data import Batches
 
 
@@ -125,13 +125,13 @@ def test_skip_batches_after_restore_moves_the_data_position(make):
 def test_nan_loss_is_never_applied_and_pauses_with_an_error(make):
     t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=10)
     run_to(t, 36)
-    good = ckpt.capture(t)
+    good = t._capture()
     assert t.set_max_steps(1000).wait().ok
     t.start().wait()
     assert t.wait(30)
     assert t.state == "error" and t.step == 36 and "non-finite loss at step 37" in t.error
     assert t._thread.is_alive()
-    assert_same_state(ckpt.capture(t), good)  # the NaN step was not applied
+    assert_same_state(t._capture(), good)  # the NaN step was not applied
     assert not t.save_checkpoint().wait().ok  # no checkpoint from the error state
     t.journal.flush()
     assert max(c["step"] for c in t.journal.checkpoints()) <= 36

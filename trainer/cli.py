@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from .config import OPTIMIZERS, ConfigError, RunConfig
-from .engine import RunExistsError, Trainer
-from .hparams import DECAYS, HParamError
-from .journal import Journal
-from .state import CheckpointError
+from .engine import RunExistsError, Trainer, resume_point
+from .hparams import HParamError, field_specs
+from .journal import JournalError, Reader
+from .runlock import RunLockedError
+from .snapshot import CheckpointError
 from .tasks import TaskError
 
 
@@ -22,20 +23,15 @@ class CliError(Exception):
 
 
 def _hparam_args(p: argparse.ArgumentParser) -> None:
+    """One flag per HParams field (--lr, --batch-size, ...), typed and described by the field itself."""
     g = p.add_argument_group("hyperparameters (default: the task's own)")
-    g.add_argument("--lr", type=float, help="learning rate alpha0, > 0")
-    g.add_argument("--momentum", type=float, help="SGD momentum or Adam beta1, in [0, 1)")
-    g.add_argument("--weight-decay", type=float, help="weight decay, >= 0")
-    g.add_argument("--lr-decay", choices=DECAYS, help="learning-rate decay schedule (per epoch)")
-    g.add_argument("--decay-rate", type=float, help="inverse-time: >= 0; exponential/step: in (0, 1]")
-    g.add_argument("--decay-every", type=int, help="step decay: epochs per step")
-    g.add_argument("--batch-size", type=int, help="mini-batch size")
-    g.add_argument("--grad-clip", type=float, help="max gradient norm, 0 = off")
+    for f in field_specs():
+        kw = {"choices": f.choices} if f.choices else {"type": int if f.kind == "int" else float}
+        g.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, help=f.help, **kw)
 
 
 def _hparams(a: argparse.Namespace) -> dict:
-    keys = ("lr", "momentum", "weight_decay", "lr_decay", "decay_rate", "decay_every", "batch_size", "grad_clip")
-    return {k: getattr(a, k) for k in keys if getattr(a, k) is not None}
+    return {f.name: getattr(a, f.name) for f in field_specs() if getattr(a, f.name) is not None}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,15 +72,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _progress(t: Trainer) -> None:
-    """Train until the run comes to rest, with a progress bar (steps/s, loss). Ctrl-C stops cleanly."""
+    """Train until the run comes to rest, with a progress bar (steps/s, loss). Ctrl-C or SIGTERM
+    stops cleanly (final checkpoint); an error, a failed write included, exits non-zero."""
     from tqdm import tqdm
 
-    bar = tqdm(total=t.cfg.max_steps or None, initial=t.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    st = t.status()
+    bar = tqdm(total=st.max_steps or None, initial=st.step, unit="step", dynamic_ncols=True, file=sys.stderr)
 
     def show():
         st = t.status()
-        bar.set_postfix(loss=f"{st['loss']:.4g}" if st["loss"] is not None else "-", refresh=False)
-        bar.update(st["step"] - bar.n)
+        bar.set_postfix(loss=f"{st.loss:.4g}" if st.loss is not None else "-", refresh=False)
+        bar.update(st.step - bar.n)
 
     signal.signal(signal.SIGTERM, lambda *_: t.stop())
     try:
@@ -95,8 +93,8 @@ def _progress(t: Trainer) -> None:
     finally:
         show()
         bar.close()
-    err = t.error
-    t.close()
+    err = t.status().error
+    t.close()  # raises JournalError if the last writes fail
     if err:
         raise CliError(f"training error: {err}")
 
@@ -106,15 +104,26 @@ def _cmd_run(a) -> None:
     cfg = RunConfig(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
                     device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every)
     t = Trainer.create(cfg, _hparams(a))
-    print(f"run {run_dir}: task {a.task} on {t.device}", file=sys.stderr)
+    print(f"run {run_dir}: task {a.task} on {t.status().run.device}", file=sys.stderr)
     t.start()
     _progress(t)
 
 
 def _cmd_resume(a) -> None:
+    # Checked before the run is opened, so a rejected resume changes nothing in it.
+    reader = _reader(a.run_dir)
+    meta = reader.meta()
+    row = resume_point(reader, int(meta.get("branch", 0)), a.from_)
+    limit = a.max_steps if a.max_steps is not None else meta["config"].get("max_steps", 0)
+    at = row["step"] if row else 0
+    if limit and at >= limit:
+        raise CliError(f"the run would resume at step {at}, at or past the step limit {limit}: "
+                       "give a larger --max-steps")
     over = {k: v for k, v in (("max_steps", a.max_steps), ("device", a.device)) if v is not None}
     t = Trainer.open(a.run_dir, checkpoint=a.from_, hparams=_hparams(a), skip_batches=a.skip_batches, **over)
-    print(f"run {a.run_dir}: resumed at step {t.step} on branch {t.branch}", file=sys.stderr)
+    st = t.status()
+    how = f"from checkpoint {row['id']}" if row else "from step 0 (no checkpoint was saved before it stopped)"
+    print(f"run {a.run_dir}: resumed at step {st.step} {how}, on branch {st.branch}", file=sys.stderr)
     r = t.start().wait()
     if not r.ok:
         t.close()
@@ -123,21 +132,23 @@ def _cmd_resume(a) -> None:
 
 
 def _checkpoint_rows(run_dir: str) -> list[dict]:
-    j = _journal(run_dir)
+    j = _reader(run_dir)
     rows = []
     for c in j.checkpoints():
-        rows.append({"id": c["id"], "step": c["step"], "epoch": c["epoch"], "branch": c["branch"],
-                     "path": str(Path(run_dir) / c["path"]), "train_loss": c["train_loss"],
+        try:
+            path = str(j.checkpoint_file(c["id"]))
+        except CheckpointError as e:  # a tampered row is listed, never followed
+            path = f"(refused: {e})"
+        rows.append({"id": c["id"], "step": c["step"], "epoch": c["epoch"], "branch": c["branch"], "path": path, "train_loss": c["train_loss"],
                      "val_loss": c["val_loss"], "hparams": c["hparams"], "label": c["label"],
                      "kind": c["kind"], "parent": c["parent"], "time": c["wall"]})
     return rows
 
 
-def _journal(run_dir: str) -> Journal:
-    path = Path(run_dir) / "journal.sqlite"
-    if not path.exists():
-        raise CliError(f"run directory {run_dir} holds no run (no journal.sqlite)")
-    return Journal(path)
+def _reader(run_dir: str) -> Reader:
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise CliError(f"--run-dir {run_dir} is a file, not a run directory")
+    return Reader(run_dir)
 
 
 def _cmd_checkpoints(a) -> None:
@@ -153,7 +164,9 @@ def _cmd_checkpoints(a) -> None:
 
 
 def _cmd_export(a) -> None:
-    j = _journal(a.run_dir)
+    if Path(a.out).is_dir():
+        raise CliError(f"--out {a.out} is a directory; give a file name")
+    j = _reader(a.run_dir)
     branch = int(j.meta().get("branch", 0))
     rows = j.export_rows(branch)
     if a.format == "csv":
@@ -175,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     try:
         {"run": _cmd_run, "resume": _cmd_resume, "checkpoints": _cmd_checkpoints, "export": _cmd_export}[a.cmd](a)
-    except (CliError, ConfigError, HParamError, TaskError, CheckpointError, RunExistsError,
-            FileNotFoundError, ValueError) as e:
+    except (CliError, ConfigError, HParamError, TaskError, CheckpointError, RunExistsError, RunLockedError,
+            JournalError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

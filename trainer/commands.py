@@ -1,12 +1,28 @@
 """Commands are data: the UI, the CLI and tests send them from any thread; the training thread applies
-them between optimizer steps, in the order received, and answers each with a Result."""
+them between optimizer steps, in the order received, and answers each with a Result.
+
+ACCEPTS is the one table of run states and the commands each accepts: the engine's guards and the
+dashboard's buttons both read it.
+"""
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("start", "pause", "resume", "stop", "set_hparams", "save", "restore", "set_max_steps")
+STATES = ("ready", "running", "paused", "error", "stopped", "done", "closed")
+_ALWAYS = ("set_hparams", "restore", "set_max_steps")
+ACCEPTS: dict[str, frozenset[str]] = {
+    "ready": frozenset({"start", "save", "skip", *_ALWAYS}),
+    "running": frozenset({"pause", "stop", "save", "skip", *_ALWAYS}),
+    "paused": frozenset({"resume", "stop", "save", "skip", *_ALWAYS}),
+    "error": frozenset({"resume", "stop", *_ALWAYS}),  # no checkpoint is ever taken from a failed state
+    "stopped": frozenset({"start", "save", "skip", *_ALWAYS}),
+    "done": frozenset({"start", "save", "skip", *_ALWAYS}),
+    "closed": frozenset(),
+}
+KINDS = ("start", "pause", "resume", "stop", "set_hparams", "save", "restore", "set_max_steps", "skip")
+MAX_TEXT = 200  # labels and other free text stored in the journal
 
 
 @dataclass(frozen=True)
@@ -18,6 +34,9 @@ class Result:
 
     def __str__(self) -> str:
         return f"applied at step {self.step}" if self.ok else f"rejected: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "step": self.step, "message": self.message, "value": self.value}
 
 
 @dataclass
@@ -31,6 +50,10 @@ class Command:
         self.result = result
         self._done.set()
         return result
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
 
     def wait(self, timeout: float | None = 30.0) -> Result:
         if not self._done.wait(timeout):

@@ -1,29 +1,37 @@
-"""The trainer: one model, one background thread, commands applied between optimizer steps."""
+"""The trainer: one model, one background thread, commands applied between optimizer steps.
+
+The training thread owns the run: the model, optimizer, data position, counters and the journal's
+write side. Other threads send commands (data) and read the Status it publishes, or the journal.
+"""
 from __future__ import annotations
 
 import collections
 import inspect
 import json
 import math
-import random
+import shutil
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from . import state as ckpt
-from .commands import Command, Result
+from . import snapshot
+from .checkpoints import CheckpointStore
+from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Result
 from .config import RunConfig
 from .data import Batches, all_batches
 from .hparams import HParamError, HParams, decayed_lr, to_dict, validate
-from .journal import Journal
+from .journal import EvalRow, Journal, JournalError, Reader, StepRow
+from .runlock import RunLock
+from .snapshot import CheckpointError
+from .status import Grid, RunInfo, Status, frozen_array, frozen_map
 from .tasks import Task, load_task
 
 THREAD_NAME = "panda-trainer"
+READBACK_S = 0.2  # step rows reach the journal's queue at least this often (plus its flush interval)
 
 
 class Diverged(RuntimeError):
@@ -58,30 +66,61 @@ def build_optimizer(cfg: RunConfig, params, hp: HParams, fused: bool = False) ->
         return build_optimizer(cfg, params, hp, fused=False)  # e.g. a parameter type fused kernels lack
 
 
+def resume_point(reader: Reader, branch: int, checkpoint: int | None = None) -> dict | None:
+    """The checkpoint a resume starts from: `checkpoint`, or the newest on `branch`'s lineage
+    (None: no checkpoint there, the run restarts from step 0). Raises CheckpointError if unknown."""
+    rows = reader.checkpoints()
+    if checkpoint is not None:
+        mine = [c for c in rows if c["id"] == checkpoint]
+        if not mine:
+            raise CheckpointError(f"checkpoint {checkpoint}: no such checkpoint")
+        return mine[0]
+    lineage = reader.lineage(branch)
+    on = [c for c in rows if reader.on_lineage(c["branch"], c["step"], lineage)]
+    return max(on, key=lambda c: (c["step"], c["id"])) if on else None
+
+
 class Trainer:
     """Trains one model in a named daemon thread. Every control method returns a Command whose
-    `wait()` gives a Result: "applied at step N" or "rejected: reason"."""
+    `wait()` gives a Result: "applied at step N" or "rejected: reason". Read `status()` and
+    `reader()`; everything else is the training thread's."""
 
-    def __init__(self, config: RunConfig, hparams: dict[str, Any] | None = None, *, task: Task | None = None):
+    def __init__(self, config: RunConfig, hparams: dict[str, Any] | None = None, *, task: Task | None = None,
+                 _new: bool = False):
         self.cfg = config
         self.run_dir = Path(config.run_dir)
         self.device = resolve_device(config.device)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunExistsError(f"run directory {self.run_dir} is a file, not a directory")
+        created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(self.run_dir)  # before anything is read or written there
+        if _new and (self.run_dir / "journal.sqlite").exists():
+            self._lock.release()
+            raise RunExistsError(f"run directory {config.run_dir} already holds a run; resume it instead")
         self.step, self.samples, self.train_time = 0, 0, 0.0
         self.lr_set_epoch = 0
         self.best_val: float | None = None
         self.last_val: float | None = None
         self.branch, self.last_checkpoint = 0, None
-        self.state = "ready"  # ready | running | paused | error | stopped | done | closed
+        self._ckpt_at: tuple[int, int] | None = None  # (branch, step) of the state last checkpointed
+        self.state = "ready"  # one of commands.STATES
         self.error: str | None = None
-        self.view: dict[str, Any] = {}  # latest derived data for the UI (evaluation, decision-boundary grid)
-        self._pending: list[tuple] = []  # per-step records not yet read back from the device
+        self._eval: dict | None = None
+        self._grid: Grid | None = None
+        self._pending: list[StepRow] = []  # per-step records not yet read back from the device
         self._last_loss: float | None = None
         self._sps = 0.0
         self._window = [0, 0.0]  # samples since the last read-back and when it was, for samples/s
+        self._last_readback = 0.0
         self._written: tuple | None = None  # the (hparams, lr) last written into param_groups
+        self._rng_parked: dict | None = None
         self._cmds: collections.deque[Command] = collections.deque()
         self._cond = threading.Condition()
-        self._ring: collections.OrderedDict[int, dict] = collections.OrderedDict()
+        self._accepting = True
+        self._shut = threading.Lock()
+        self._status: Status | None = None
+        self._version = 0
         # All torch work happens on this one thread, from building the model on: OpenMP gives each
         # thread that runs parallel ops its own team, and two teams on few cores slow training 4x.
         self._built = threading.Event()
@@ -92,6 +131,9 @@ class Trainer:
         self._built.wait()
         if self._build_error is not None:
             self._thread.join()
+            self._lock.release()
+            if created:  # bad input leaves nothing behind
+                shutil.rmtree(self.run_dir, ignore_errors=True)
             raise self._build_error
 
     def _build(self, hparams: dict[str, Any] | None, task: Task | None) -> None:
@@ -100,6 +142,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)  # OpenMP keeps this per thread: it binds the training thread
+        import random
+
+        import numpy as np
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -117,11 +162,14 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.params, self.hp, fused=True)
         self.sync_free = self.device.type == "cuda" and bool(self.optimizer.defaults.get("fused"))
         self.batches = Batches(self.task.train_data, cfg.seed, self.device)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
         self.journal = Journal(self.run_dir / "journal.sqlite")
-        self._next_ckpt = 1 + max([c["id"] for c in self.journal.checkpoints(include_deleted=True)] or [0])
+        self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
+        self.info = RunInfo(run_dir=str(self.run_dir), task=cfg.task, task_name=self.task.name,
+                            optimizer=cfg.optimizer, device=str(self.device), n_train=self.n_train,
+                            ckpt_every=cfg.ckpt_every, metrics=tuple(self.task.metrics),
+                            has_grid=self.task.grid is not None, points=_points(self.task))
         self.journal.start_writer()
+        self._publish()
 
     def _main(self, hparams, task) -> None:
         try:
@@ -131,55 +179,73 @@ class Trainer:
             return
         finally:
             self._built.set()
-        self._loop()
+        try:
+            self._loop()
+        finally:
+            with self._cond:  # nothing sent from now on is lost: it is answered at once
+                self._accepting = False
+                self._reject_queued("the trainer is closed")
+                self._cond.notify_all()
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, config: RunConfig, hparams: dict[str, Any] | None = None) -> "Trainer":
+    def create(cls, config: RunConfig, hparams: dict[str, Any] | None = None, *, task: Task | None = None) -> "Trainer":
         """A new run in config.run_dir (which must not hold a run already)."""
-        if (Path(config.run_dir) / "journal.sqlite").exists():
-            raise RunExistsError(f"run directory {config.run_dir} already holds a run; resume it instead")
-        t = cls(config, hparams)
+        t = cls(config, hparams, task=task, _new=True)
         t.journal.set_meta("config", config.to_dict())
         t.journal.set_meta("branch", 0)
         t.journal.add_branch(0, None, 0, "start", None)
         t.journal.event(0, 0, "create", f"new run: task {config.task}, optimizer {config.optimizer}",
-                        {"hparams": t.hp_dict()})
+                        {"hparams": to_dict(t.hp)})
         t.journal.flush()
         return t
 
     @classmethod
     def open(cls, run_dir: str | Path, checkpoint: int | None = None, hparams: dict | None = None,
              skip_batches: int = 0, **overrides) -> "Trainer":
-        """Reopen a run after a restart: its latest checkpoint on the current branch, or `checkpoint`."""
-        path = Path(run_dir) / "journal.sqlite"
-        if not path.exists():
-            raise FileNotFoundError(f"run directory {run_dir} holds no run (no journal.sqlite)")
-        meta = Journal(path).meta()
+        """Reopen a run: from `checkpoint`, or the newest state on its current branch's lineage.
+
+        With no checkpoint there (a run killed before its first one), it restarts from step 0.
+        Nothing is written to the run unless the whole reopening succeeds.
+        """
+        reader = Reader(run_dir)
+        meta = reader.meta()
         cfg = RunConfig.from_dict({**meta["config"], "run_dir": str(run_dir), **overrides})
         t = cls(cfg)
-        t.branch = int(meta.get("branch", 0))
-        t.journal.set_meta("config", cfg.to_dict())
-        if checkpoint is None:
-            mine = [c for c in t.journal.checkpoints() if c["branch"] == t.branch]
-            if not mine and t.journal.last_step(t.branch) == 0:
-                return t  # it never trained: the fresh state is exactly where it was
-            if not mine:
-                t.close()
-                raise ckpt.CheckpointError(f"run {run_dir}: branch {t.branch} has no checkpoint to resume from")
-            checkpoint = mine[-1]["id"]
-        res = t.submit("restore", checkpoint=checkpoint, hparams=hparams or {}, skip_batches=skip_batches,
-                       reason="resume").wait()
+        try:
+            res = t._submit("open", dict(branch=int(meta.get("branch", 0)), checkpoint=checkpoint,
+                                         hparams=hparams or {}, skip=skip_batches,
+                                         config_changed=cfg.to_dict() != meta["config"])).wait(None)
+        except BaseException:
+            t.close()
+            raise
         if not res.ok:
             t.close()
-            raise ckpt.CheckpointError(res.message)
+            raise CheckpointError(res.message)
         return t
 
-    # --- commands (any thread) ------------------------------------------------------------------
+    # --- the public API (any thread) --------------------------------------------------------------
+    def status(self) -> Status:
+        """The latest published Status: an immutable value, swapped in whole by the training thread."""
+        return self._status
+
+    def reader(self) -> Reader:
+        """A read-only view of this run's journal (what the dashboard and the CLI read)."""
+        return Reader(self.run_dir)
+
     def submit(self, kind: str, **args) -> Command:
+        """Queue a command (one of commands.KINDS); it is applied between two optimizer steps."""
+        if kind not in KINDS:
+            cmd = Command(str(kind)[:MAX_TEXT], args)
+            cmd.finish(Result(False, self.step, f"unknown command {str(kind)[:MAX_TEXT]!r}; "
+                                                f"known: {', '.join(KINDS)}"))
+            return cmd
+        return self._submit(kind, args)
+
+    def _submit(self, kind: str, args: dict) -> Command:
         cmd = Command(kind, args)
         with self._cond:
-            if not self._thread.is_alive():
+            if not self._accepting:
                 cmd.finish(Result(False, self.step, "the trainer is closed"))
                 return cmd
             self._cmds.append(cmd)
@@ -207,6 +273,9 @@ class Trainer:
     def restore(self, checkpoint: int, hparams: dict | None = None, skip_batches: int = 0) -> Command:
         return self.submit("restore", checkpoint=checkpoint, hparams=hparams or {}, skip_batches=skip_batches)
 
+    def skip(self, batches: int) -> Command:
+        return self.submit("skip", batches=batches)
+
     def set_max_steps(self, max_steps: int) -> Command:
         return self.submit("set_max_steps", max_steps=max_steps)
 
@@ -216,18 +285,27 @@ class Trainer:
             return self._cond.wait_for(lambda: self.state != "running" and not self._cmds, timeout)
 
     def close(self) -> None:
-        """Stop training (final checkpoint), end the thread and flush the journal. Idempotent."""
-        if self._thread.is_alive():
-            self.submit("close").wait(None)
+        """Stop training (final checkpoint), end the thread, commit the journal and release the run.
+
+        Idempotent and safe from several threads at once. Raises JournalError if the last writes fail.
+        """
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._submit("close", {}).wait(None)  # answered at once when another close came first
             self._thread.join()
-        if self._build_error is None:
-            self.journal.close()
+        with self._shut:
+            if self._build_error is None and self._lock is not None:
+                try:
+                    self.journal.close()
+                finally:
+                    self._lock.release()
+                    self._lock = None
 
     # --- the training loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         while self._take_commands():
             if self.cfg.max_steps and self.step >= self.cfg.max_steps:
                 self._finish("done", f"reached the step limit {self.cfg.max_steps}")
+                self._publish()
                 continue
             try:
                 self._train_step()
@@ -271,11 +349,12 @@ class Trainer:
         self.train_time += dt
         self._window[0] += n
         progress = self.batches.epoch + self.batches.offset / self.n_train  # fractional epoch, for the x-axis
-        self._pending.append((self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
-                              hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time()))
-        if self.step % self.cfg.log_every == 0:
+        self._pending.append(StepRow(self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
+                                     hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time()))
+        if self.step % self.cfg.log_every == 0 or t0 - self._last_readback >= READBACK_S:
             self._readback()
-            if self.state != "running":  # the deferred guard found a bad step: no eval or checkpoint now
+            self._publish()
+            if self.state != "running":  # the guard or a failed write stopped the run: no eval or checkpoint
                 return
         if epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._evaluate()
@@ -312,22 +391,25 @@ class Trainer:
 
     def _readback(self) -> None:
         """Move buffered step records to the journal; one device sync per batch of steps."""
+        self._last_readback = time.perf_counter()
+        if self.journal.error and self.state != "error":  # a failed write stops the run, visibly
+            self._fail(f"{self.journal.error}; the run is paused and nothing written is lost yet "
+                       "(rows are kept and retried). Free disk space or fix the run directory, then Resume.")
         if not self._pending:
             return
         rows, self._pending = self._pending, []
         if self.sync_free:
-            vals = torch.stack([torch.stack([r[3], r[8]]) for r in rows]).tolist()
-            rows = [r[:3] + (v[0],) + r[4:8] + (v[1],) + r[9:] for r, v in zip(rows, vals)]
-            bad = next((r for r in rows if not (math.isfinite(r[3]) and math.isfinite(r[8]))), None)
+            vals = torch.stack([torch.stack([r.loss, r.grad_norm]) for r in rows]).tolist()
+            rows = [r._replace(loss=v[0], grad_norm=v[1]) for r, v in zip(rows, vals)]
+            bad = next((r for r in rows if not (math.isfinite(r.loss) and math.isfinite(r.grad_norm))), None)
             if bad is not None:  # its row stays (loss NULL): the step counter moved, the weights did not
-                self._fail(f"non-finite loss or gradient at step {bad[1]} (loss {bad[3]}, grad norm {bad[8]}); "
-                           "that step was skipped on the device")
-        if rows:
-            self._last_loss = rows[-1][3]
-            now = time.perf_counter()
-            if now - self._window[1] >= 0.5:  # wall-clock throughput over half a second or more
-                self._sps = self._window[0] / (now - self._window[1])
-                self._window = [0, now]
+                self._fail(f"non-finite loss or gradient at step {bad.step} (loss {bad.loss}, grad norm "
+                           f"{bad.grad_norm}); that step was skipped on the device")
+        self._last_loss = rows[-1].loss
+        now = time.perf_counter()
+        if now - self._window[1] >= 0.5:  # wall-clock throughput over half a second or more
+            self._sps = self._window[0] / (now - self._window[1])
+            self._window = [0, now]
         self.journal.log_steps(rows)
 
     @torch.no_grad()
@@ -350,39 +432,87 @@ class Trainer:
                         sums[name] += float(fn(o, y)) * n
                 out.update({f"{prefix}_{k}": v / tot for k, v in sums.items()})
             if self.task.grid is not None:
-                self.view["grid"] = {"step": self.step, **self.task.grid(self.model, self.device)}
+                g = self.task.grid(self.model, self.device)
+                self._grid = Grid(self.step, tuple(g["axis"]), frozen_array(g["probs"]))
         finally:
             self.model.train(was_training)
         self.last_val = out.get("val_loss")
         if self.last_val is not None and (self.best_val is None or self.last_val < self.best_val):
             self.best_val = self.last_val
-        self.view["eval"] = {"step": self.step, **out}
+        self._eval = {"step": self.step, **out}
         extra = {k: v for k, v in out.items() if k not in ("val_loss", "val_acc", "train_loss", "train_acc")}
-        self.journal.log_eval((self.branch, self.step, self.batches.epoch, out.get("val_loss"), out.get("val_acc"),
-                               out.get("train_loss"), out.get("train_acc"), json.dumps(extra) if extra else None,
-                               time.time()))
+        self.journal.log_eval(EvalRow(self.branch, self.step, self.batches.epoch, out.get("val_loss"),
+                                      out.get("val_acc"), out.get("train_loss"), out.get("train_acc"),
+                                      json.dumps(extra) if extra else None, time.time()))
+
+    def _publish(self) -> None:
+        """Swap in a new Status: the only thing other threads read of the run's live state."""
+        hp = self.hp
+        self._version += 1
+        self._status = Status(
+            state=self.state, error=self.error, step=self.step, epoch=self.batches.epoch,
+            epoch_progress=self.batches.offset / self.n_train,
+            steps_per_epoch=self.batches.batches_per_epoch(hp.batch_size), branch=self.branch, hparams=hp,
+            effective_lr=decayed_lr(hp, self.batches.epoch - self.lr_set_epoch), loss=self._last_loss,
+            samples_per_s=self._sps, max_steps=self.cfg.max_steps, last_checkpoint=self.last_checkpoint,
+            eval=frozen_map(self._eval), grid=self._grid, accepts=ACCEPTS[self.state], run=self.info,
+            version=self._version)
 
     # --- commands, applied by the training thread between steps -------------------------------
     def _take_commands(self) -> bool:
-        """Apply queued commands; block unless running. False once the trainer is closed."""
-        with self._cond:
-            while True:
+        """Apply queued commands; block unless running. False once the trainer is closed.
+
+        The lock is held only to take commands off the queue, never while they are applied.
+        """
+        if self.state == "running" and not self._cmds:  # the per-step fast path
+            return True
+        while True:
+            with self._cond:
+                cmds = list(self._cmds)
+                self._cmds.clear()
+            if cmds:
+                self._unpark_rng()
+                results = [self._apply(cmd) for cmd in cmds]
+                try:  # a command's result is given once what it did is in the journal
+                    self.journal.flush()
+                except JournalError as e:
+                    if self.state not in ("error", "closed"):
+                        self._fail(str(e))
+                self._publish()
+                for cmd, res in zip(cmds, results):
+                    cmd.finish(res)
+            with self._cond:
                 if self._cmds:
-                    while self._cmds:
-                        cmd = self._cmds.popleft()
-                        cmd.finish(self._apply(cmd))
-                    self._cond.notify_all()
+                    continue
                 if self.state == "running":
+                    self._unpark_rng()
                     return True
                 self._cond.notify_all()  # for wait(): training has come to rest
                 if self.state == "closed":
                     return False
+                self._park_rng()
                 self._cond.wait()
 
+    def _park_rng(self) -> None:
+        # Other work in this process (building another run) may reseed the global RNGs while this
+        # run rests; it takes its own streams back before it works again.
+        if self._rng_parked is None:
+            self._rng_parked = snapshot.rng_state()
+
+    def _unpark_rng(self) -> None:
+        if self._rng_parked is not None:
+            snapshot.set_rng_state(self._rng_parked)
+            self._rng_parked = None
+
+    def _reject_queued(self, why: str) -> None:
+        while self._cmds:
+            self._cmds.popleft().finish(Result(False, self.step, why))
+
     def _apply(self, cmd: Command) -> Result:
-        fn = getattr(self, f"_cmd_{cmd.kind}", None)
-        if fn is None:
-            return Result(False, self.step, f"unknown command {cmd.kind!r}")
+        if cmd.kind not in ("open", "close") and cmd.kind not in ACCEPTS[self.state]:
+            return Result(False, self.step, f"{cmd.kind}: not possible while the run is {self.state}; "
+                                            f"possible: {', '.join(sorted(ACCEPTS[self.state])) or 'nothing'}")
+        fn = getattr(self, f"_cmd_{cmd.kind}")
         try:
             inspect.signature(fn).bind(**cmd.args)
         except TypeError as e:
@@ -394,21 +524,25 @@ class Trainer:
             return Result(False, self.step, f"{cmd.kind} failed: {type(e).__name__}: {e}")
 
     def _cmd_pause(self) -> Result:
-        if self.state != "running":
-            return Result(False, self.step, f"not running ({self.state})")
         self._readback()
         self.state = "paused"
         self._event("pause", f"paused after step {self.step}")
         return Result(True, self.step + 1)
 
     def _cmd_start(self) -> Result:
-        if self.state not in ("ready", "stopped", "done"):
-            return Result(False, self.step, f"already started ({self.state}); use resume or stop")
         if self.cfg.max_steps and self.step >= self.cfg.max_steps:
             return Result(False, self.step, f"the step limit {self.cfg.max_steps} is reached; raise it first")
+        return self._run("start", f"training started at step {self.step + 1}")
+
+    def _cmd_resume(self) -> Result:
+        if self.journal.error:
+            return Result(False, self.step, f"{self.journal.error} (still failing; fix the disk, then Resume)")
+        return self._run("resume", f"resumed at step {self.step + 1}")
+
+    def _run(self, kind: str, message: str) -> Result:
         self.state, self.error = "running", None
         self._window = [0, time.perf_counter()]
-        self._event("start", f"training started at step {self.step + 1}")
+        self._event(kind, message)
         return Result(True, self.step + 1)
 
     def _cmd_close(self) -> Result:
@@ -416,19 +550,12 @@ class Trainer:
             self._finish("stopped", f"stopped at step {self.step} (closing)")
         self._readback()
         self.state = "closed"
+        with self._cond:  # from here on every command is answered at once
+            self._accepting = False
+            self._reject_queued("the trainer is closed")
         return Result(True, self.step)
 
-    def _cmd_resume(self) -> Result:
-        if self.state not in ("paused", "error"):
-            return Result(False, self.step, f"not paused ({self.state})")
-        self.state, self.error = "running", None
-        self._window = [0, time.perf_counter()]
-        self._event("resume", f"resumed at step {self.step + 1}")
-        return Result(True, self.step + 1)
-
     def _cmd_stop(self) -> Result:
-        if self.state not in ("running", "paused", "error"):
-            return Result(False, self.step, f"not started ({self.state})")
         self._finish("stopped", f"stopped at step {self.step}")
         return Result(True, self.step)
 
@@ -458,114 +585,134 @@ class Trainer:
                 self._event("hparams", f"{k} {_fmt(getattr(old, k))} → {_fmt(v)}",
                             {"field": k, "old": getattr(old, k), "new": v, "at_step": self.step + 1})
 
+    def _cmd_skip(self, batches: int) -> Result:
+        err = self._check_skip(batches)
+        if err:
+            return Result(False, self.step, err)
+        self.batches.skip(batches, self.hp.batch_size)
+        self._event("skip", f"skipped the next {batches} batches")
+        return Result(True, self.step + 1)
+
+    def _check_skip(self, k: Any, batch_size: int | None = None) -> str | None:
+        # Skipping is for stepping over the few batches around a loss spike (PaLM skipped 200-500);
+        # more than an epoch's worth means nothing and would take a long time.
+        most = self.batches.batches_per_epoch(batch_size or self.hp.batch_size)
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= most:
+            return f"skip_batches: must be an integer from 0 to {most} (one epoch of batches), got {k!r}"
+        return None
+
     def _cmd_save(self, label: str | None = None) -> Result:
-        if self.state == "error":
-            return Result(False, self.step, "the run is in an error state; no checkpoint is taken from it")
-        if label is not None and (not isinstance(label, str) or len(label) > 200):
-            return Result(False, self.step, "label: must be text of at most 200 characters")
+        if label is not None and (not isinstance(label, str) or len(label) > MAX_TEXT):
+            return Result(False, self.step, f"label: must be text of at most {MAX_TEXT} characters")
         cid = self._checkpoint("manual", label or None)
         return Result(True, self.step, value=cid)
 
-    def _cmd_restore(self, checkpoint: int, hparams: dict, skip_batches: int = 0, reason: str = "restore") -> Result:
-        res = self._restore(checkpoint, hparams, skip_batches, reason)
+    def _cmd_restore(self, checkpoint: int, hparams: dict | None = None, skip_batches: int = 0) -> Result:
+        res = self._restore(checkpoint, hparams or {}, skip_batches, "restore")
         if res.ok and self.state == "error":
             self.state, self.error = "paused", None
         return res
 
-    def _restore(self, cid: Any, changes: dict, skip: int, reason: str) -> Result:
-        # Everything is checked before anything changes; a failed load rolls back to where we were.
-        if isinstance(cid, bool) or not isinstance(cid, int):
+    def _cmd_open(self, branch: int, checkpoint: int | None, hparams: dict, skip: int, config_changed: bool) -> Result:
+        """Reopen after a restart (Trainer.open): state from the checkpoint, then the journal's records."""
+        self.branch = branch
+        try:
+            row = resume_point(self.journal, branch, checkpoint)
+        except CheckpointError as e:
+            return Result(False, self.step, str(e))
+        if row is not None:
+            res = self._restore(row["id"], hparams, skip, "resume")
+        else:  # killed before its first checkpoint: the fresh state is step 0 of this run
+            res = self._restore(None, hparams, skip, "restart")
+        if res.ok and config_changed:
+            self.journal.set_meta("config", self.cfg.to_dict())
+        return res
+
+    def _restore(self, cid: Any, changes: dict, skip: Any, reason: str) -> Result:
+        """Load a checkpoint (None: the state this trainer was built in, step 0) and continue from it.
+
+        Everything is checked before anything changes; a failed load rolls back to where we were.
+        """
+        if cid is not None and (isinstance(cid, bool) or not isinstance(cid, int)):
             return Result(False, self.step, f"checkpoint: expected an integer id, got {cid!r}")
         if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
             return Result(False, self.step, f"skip_batches: must be an integer >= 0, got {skip!r}")
-        rows = [c for c in self.journal.checkpoints(include_deleted=True) if c["id"] == cid]
-        if not rows and cid not in self._ring:
-            return Result(False, self.step, f"checkpoint {cid}: no such checkpoint")
         try:
-            snap = self._ring.get(cid) or ckpt.load_file(self._checkpoint_path(rows[0]["path"]))
+            snap = self.store.load(cid) if cid is not None else self._capture()
             base = validate(HParams(), snap["hparams"], dataset_size=self.n_train, nesterov=self.cfg.nesterov)
-            new = validate(base, changes or {}, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
-        except (ckpt.CheckpointError, HParamError) as e:
+            new = validate(base, changes, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
+        except (CheckpointError, HParamError) as e:
             return Result(False, self.step, str(e))
+        err = self._check_skip(skip, new.batch_size)
+        if err:
+            return Result(False, self.step, err)
         self._readback()
-        here = ckpt.capture(self)
+        here = self._capture()
         self._written = None  # the loaded param_groups hold the checkpoint's settings: ours are written anew
         try:
-            ckpt.restore(self, snap)
+            self._load(snap)
         except Exception as e:
-            ckpt.restore(self, here)
+            self._load(here)
             return Result(False, self.step, f"checkpoint {cid}: does not fit this run ({type(e).__name__}: {e})")
         old_branch, fork_step = self.branch, self.step
-        ck_branch = snap["lineage"]["branch"]
+        ck_branch = snap["lineage"]["branch"] if cid is not None else old_branch
         self.journal.flush()  # the abandoned path's last rows must be in the journal to compare
-        if ck_branch != old_branch or self.journal.last_step(old_branch) > fork_step:
+        on_mine = self.journal.on_lineage(ck_branch, fork_step, self.journal.lineage(old_branch))
+        if not on_mine or self.journal.last_step(old_branch) > fork_step:  # keep the path we leave
             self.branch = 1 + max(b["id"] for b in self.journal.branches())
             self.journal.add_branch(self.branch, ck_branch, fork_step, reason, cid)
             self.journal.set_meta("branch", self.branch)
+        self._ckpt_at = (self.branch, self.step) if cid is not None else None
         self.last_checkpoint = cid
-        self.view.clear()  # the picture and metrics of the abandoned path no longer describe the model
-        self._event("restore", f"{reason} from checkpoint {cid} (step {fork_step}, branch {ck_branch})"
-                    + (f" onto new branch {self.branch}" if self.branch != old_branch else ""),
-                    {"checkpoint": cid, "old_branch": old_branch, "branch": self.branch, "fork_step": fork_step})
-        self._change_hparams(new, set_lr="lr" in (changes or {}))
+        self._eval, self._grid = None, None  # the abandoned path's picture no longer describes the model
+        where = f"checkpoint {cid} (step {fork_step}, branch {ck_branch})" if cid is not None else "step 0"
+        if reason == "restore":  # a rollback: drawn as a marker
+            self._event("restore", f"restore from {where}" + (f" onto new branch {self.branch}"
+                                                                 if self.branch != old_branch else ""),
+                        {"checkpoint": cid, "old_branch": old_branch, "branch": self.branch, "fork_step": fork_step})
+        else:  # reopening is not a rollback
+            self._event("open", f"reopened at {where}" + ("; no checkpoint was saved before the run stopped, so it "
+                                                          "starts again from step 0" if cid is None else "")
+                        + (f", on new branch {self.branch}" if self.branch != old_branch else ""),
+                        {"checkpoint": cid, "branch": self.branch})
+        self._change_hparams(new, set_lr="lr" in changes)
         if skip:
             self.batches.skip(skip, self.hp.batch_size)
             self._event("skip", f"skipped the next {skip} batches")
-        return Result(True, self.step + 1, value=self.branch)
+        return Result(True, self.step + 1, message=where, value=self.branch)
 
     # --- checkpoints ----------------------------------------------------------------------------
-    def _checkpoint_path(self, rel: str) -> Path:
-        """A checkpoint file named in the journal; it must lie inside this run's directory."""
-        root = self.run_dir.resolve()
-        path = (root / rel).resolve()
-        if root not in path.parents:
-            raise ckpt.CheckpointError(f"checkpoint path {rel!r} leaves the run directory")
-        return path
+    def _capture(self) -> dict:
+        return snapshot.capture(
+            self.model, self.optimizer, self.batches,
+            schedule={"lr_set_epoch": self.lr_set_epoch},
+            counters={"step": self.step, "samples": self.samples, "train_time": self.train_time,
+                      "best_val": self.best_val, "last_val": self.last_val},
+            hparams=to_dict(self.hp), lineage={"branch": self.branch, "parent_checkpoint": self.last_checkpoint})
+
+    def _load(self, s: dict) -> None:
+        """The mirror of _capture()."""
+        snapshot.restore(self.model, self.optimizer, self.batches, s)
+        self.lr_set_epoch = int(s["schedule"]["lr_set_epoch"])
+        c = s["counters"]
+        self.step, self.samples, self.train_time = int(c["step"]), int(c["samples"]), float(c["train_time"])
+        self.best_val, self.last_val = c["best_val"], c["last_val"]
+        self.hp = validate(HParams(), s["hparams"], dataset_size=self.n_train, nesterov=self.cfg.nesterov)
+        self.last_checkpoint = s["lineage"]["parent_checkpoint"]
 
     def _checkpoint(self, kind: str, label: str | None = None) -> int:
         self._readback()
-        snap = ckpt.capture(self)
-        cid, self._next_ckpt = self._next_ckpt, self._next_ckpt + 1
-        self._ring[cid] = snap
-        while len(self._ring) > self.cfg.ring_size:
-            self._ring.popitem(last=False)
-        rel = f"checkpoints/ckpt_{cid:06d}_step{self.step}.pt"
-        row = (cid, self.step, self.batches.epoch, self.branch, rel, time.time(), self._last_loss,
-               self.last_val, json.dumps(self.hp_dict()), label, kind, snap["lineage"]["parent_checkpoint"])
-        self.last_checkpoint = cid
-        self._event("checkpoint", f"checkpoint {cid} saved at step {self.step}" + (f" ({label})" if label else ""),
-                    {"checkpoint": cid, "kind": kind, "label": label})
-
-        def write() -> None:  # on the journal's writer thread: file first, then its index row
-            ckpt.save_file(snap, self.run_dir / rel)
-            self.journal.add_checkpoint(row)
-            self._retain()
-
-        self.journal.submit(write)
+        cid = self.store.save(self._capture(), step=self.step, epoch=self.batches.epoch, branch=self.branch,
+                              train_loss=self._last_loss, val_loss=self.last_val, kind=kind, label=label)
+        self.last_checkpoint, self._ckpt_at = cid, (self.branch, self.step)
         return cid
-
-    def _retain(self) -> None:
-        """Keep the last K automatic checkpoints, every manual or labelled one, and the best by val loss."""
-        autos = [c for c in self.journal.checkpoints() if c["kind"] in ("auto", "final") and not c["label"]]
-        vals = [c for c in self.journal.checkpoints() if c["val_loss"] is not None]
-        best = min(vals, key=lambda c: c["val_loss"])["id"] if vals else None
-        for c in autos[:-self.cfg.keep_last or None] if self.cfg.keep_last else autos:
-            if c["id"] != best:
-                (self.run_dir / c["path"]).unlink(missing_ok=True)
-                self.journal.mark_deleted(c["id"])
 
     def _finish(self, state: str, message: str) -> None:
         """End the run: a final checkpoint unless this state is an error or already checkpointed."""
-        if self.state != "error" and self.step > 0 and not self._checkpointed_here():
+        if self.state != "error" and self.step > 0 and self._ckpt_at != (self.branch, self.step):
             self._checkpoint("final")
         self.state = state
         self._event(state, message)
-
-    def _checkpointed_here(self) -> bool:
-        if self.last_checkpoint is None:
-            return False
-        snap = self._ring.get(self.last_checkpoint)
-        return snap is not None and snap["counters"]["step"] == self.step and snap["lineage"]["branch"] == self.branch
 
     def _fail(self, message: str, detail: str | None = None) -> None:
         self.state, self.error = "error", message
@@ -574,27 +721,16 @@ class Trainer:
     def _event(self, kind: str, message: str, data: Any = None) -> None:
         self.journal.event(self.step, self.branch, kind, message, data)
 
-    # --- plain data for readers -----------------------------------------------------------------
-    def hp_dict(self) -> dict[str, Any]:
-        return to_dict(self.hp)
 
-    def set_hp_dict(self, d: dict[str, Any]) -> None:
-        self.hp = validate(HParams(), d, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
-
-    def status(self) -> dict[str, Any]:
-        """A snapshot for the UI; cheap, safe from any thread."""
-        steps_per_epoch = math.ceil(self.n_train / self.hp.batch_size)
-        return {
-            "state": self.state, "error": self.error, "step": self.step, "epoch": self.batches.epoch,
-            "epoch_progress": self.batches.offset / self.n_train, "steps_per_epoch": steps_per_epoch,
-            "branch": self.branch, "hparams": self.hp_dict(), "loss": self._last_loss,
-            "samples_per_s": self._sps, "max_steps": self.cfg.max_steps, "device": str(self.device),
-            "task": self.cfg.task, "optimizer": self.cfg.optimizer, "run_dir": str(self.run_dir),
-            "last_checkpoint": self.last_checkpoint, "eval": self.view.get("eval"),
-            "effective_lr": decayed_lr(self.hp, self.batches.epoch - self.lr_set_epoch),
-        }
+def _points(task: Task, n: int = 600):
+    """A fixed sample of a 2-D task's training points, for drawing under its decision boundary."""
+    data = task.train_data
+    if task.grid is None or not hasattr(data, "tensors"):
+        return None
+    x, y = data.tensors
+    idx = torch.linspace(0, len(x) - 1, min(n, len(x))).long()
+    return frozen_array(x[idx].numpy()), frozen_array(y[idx].numpy())
 
 
 def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
-

@@ -1,18 +1,26 @@
 """The run journal: one SQLite file (WAL) per run, the single source of truth for what happened.
 
-The training thread only appends to in-memory buffers; a writer thread flushes them (and runs queued
-file jobs such as checkpoint writes) at least every `flush_interval` seconds, so a `kill -9` loses at
-most that much. Readers, such as the dashboard, open their own connections.
+`Reader` opens it read-only (the dashboard, `checkpoints`, `export`, an archived run on a read-only
+disk). `Journal` is the one writer, owned by the process that holds the run's lock: the training
+thread only appends typed rows to memory; a writer thread commits them at least every
+`flush_interval` seconds, so a `kill -9` loses at most that much.
+
+Commit order makes every instant of a kill consistent: queued rows commit first, then the file jobs
+queued before them run (a checkpoint: its file, then its row). So a checkpoint row never commits
+before the steps it covers. A failed write keeps its rows for a retry and sets `error`, which the
+trainer turns into a paused run with that message: nothing is dropped silently.
 """
 from __future__ import annotations
 
 import collections
 import json
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,132 +43,90 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     deleted INTEGER NOT NULL DEFAULT 0);
 """
 
-STEP_COLS = ("branch", "step", "epoch", "loss", "lr", "momentum", "weight_decay", "batch_size",
-             "grad_norm", "samples_per_s", "wall")
-EVAL_COLS = ("branch", "step", "epoch", "val_loss", "val_acc", "train_loss", "train_acc", "extra", "wall")
-CKPT_COLS = ("id", "step", "epoch", "branch", "path", "wall", "train_loss", "val_loss", "hparams",
-             "label", "kind", "parent")
+
+class StepRow(NamedTuple):
+    branch: int
+    step: int
+    epoch: float  # fractional: epoch + offset / n_train
+    loss: Any  # float, or a device tensor until the read-back
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    grad_norm: Any
+    samples_per_s: float
+    wall: float
 
 
-def connect(path: Path | str) -> sqlite3.Connection:
-    con = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
-    return con
+class EvalRow(NamedTuple):
+    branch: int
+    step: int
+    epoch: int
+    val_loss: float | None
+    val_acc: float | None
+    train_loss: float | None
+    train_acc: float | None
+    extra: str | None  # JSON of the task's other metrics, e.g. {"val_mae": 0.1}
+    wall: float
 
 
-class Journal:
-    def __init__(self, path: Path | str, flush_interval: float = 0.5):
-        self.path = Path(path)
-        self.flush_interval = flush_interval
-        self._con = connect(self.path)
-        self._con.executescript(SCHEMA)
-        self._steps: collections.deque = collections.deque()
-        self._evals: collections.deque = collections.deque()
-        self._events: collections.deque = collections.deque()
-        self._sql: collections.deque = collections.deque()  # (statement, params)
-        self._jobs: collections.deque = collections.deque()  # callables run on the writer thread
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._flush_lock = threading.Lock()
+class CheckpointRow(NamedTuple):
+    id: int
+    step: int
+    epoch: int
+    branch: int
+    path: str  # relative to the run directory
+    wall: float
+    train_loss: float | None
+    val_loss: float | None
+    hparams: str  # JSON
+    label: str | None
+    kind: str  # auto | manual | final
+    parent: int | None
+
+
+class JournalError(RuntimeError):
+    pass
+
+
+def _insert(table: str, n: int) -> str:
+    return f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * n)})"
+
+
+class Reader:
+    """Read-only access to a run's journal; each reading thread gets its own connection."""
+
+    def __init__(self, path: Path | str):
+        path = Path(path)
+        self.path = path if path.suffix == ".sqlite" else path / "journal.sqlite"
+        self.run_dir = self.path.parent
         self._local = threading.local()
-        self._writer: threading.Thread | None = None
-        self.errors: list[str] = []
+        if not self.path.exists():
+            raise JournalError(f"run directory {self.run_dir} holds no run (no journal.sqlite)")
+        if not self.path.is_file():
+            raise JournalError(f"{self.path} is not a file, so not a Panda journal")
+        try:
+            self.meta()
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{self.path}: not a Panda journal ({e})") from None
 
-    # --- write side: cheap appends from any thread ------------------------------------------
-    def start_writer(self) -> None:
-        if self._writer is None or not self._writer.is_alive():
-            self._stop.clear()
-            self._writer = threading.Thread(target=self._write_loop, name="panda-journal", daemon=True)
-            self._writer.start()
+    def _connect(self) -> sqlite3.Connection:
+        # mode=ro never writes; on a read-only disk SQLite cannot even make the WAL index, so an
+        # archived run is opened as immutable (nobody can be writing it there).
+        q = "mode=ro" + ("" if os.access(self.run_dir, os.W_OK) else "&immutable=1")
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(self.path.resolve()))}?{q}", uri=True, timeout=30,
+                              check_same_thread=False)
+        con.row_factory = sqlite3.Row
+        return con
 
-    def log_steps(self, rows: list[tuple]) -> None:
-        self._steps.extend(rows)
-
-    def log_eval(self, row: tuple) -> None:
-        self._evals.append(row)
-
-    def event(self, step: int, branch: int, kind: str, message: str, data: Any = None) -> None:
-        self._events.append((time.time(), step, branch, kind, message,
-                             None if data is None else json.dumps(data)))
-
-    def execute(self, sql: str, params: tuple = ()) -> None:
-        self._sql.append((sql, params))
-
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run `job` on the writer thread before the next flush (checkpoint writes go here)."""
-        self._jobs.append(job)
-        self._wake.set()
-
-    def set_meta(self, key: str, value: Any) -> None:
-        self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
-
-    def add_branch(self, bid: int, parent: int | None, fork_step: int, reason: str, ckpt: int | None) -> None:
-        self.execute("INSERT INTO branches VALUES (?, ?, ?, ?, ?, ?)",
-                     (bid, parent, fork_step, reason, ckpt, time.time()))
-
-    def add_checkpoint(self, row: tuple) -> None:
-        """Index a checkpoint whose file is written; call from the writer thread (a submitted job)."""
-        self._con.execute(f"INSERT OR REPLACE INTO checkpoints VALUES ({','.join('?' * len(CKPT_COLS))}, 0)", row)
-
-    def mark_deleted(self, cid: int) -> None:
-        self._con.execute("UPDATE checkpoints SET deleted = 1 WHERE id = ?", (cid,))
-
-    def flush(self) -> None:
-        """Write everything buffered. Safe from any thread; the writer thread calls it on a timer."""
-        with self._flush_lock:
-            while self._jobs:
-                job = self._jobs.popleft()
-                try:
-                    job()
-                except Exception as e:  # a failed job is an event, never a dead writer
-                    self.errors.append(f"{type(e).__name__}: {e}")
-                    self.event(-1, -1, "error", f"journal job failed: {type(e).__name__}: {e}")
-            steps, evals, events, sql = (_drain(self._steps), _drain(self._evals),
-                                         _drain(self._events), _drain(self._sql))
-            if not (steps or evals or events or sql):
-                return
-            con = self._con
-            con.execute("BEGIN")
-            try:
-                for stmt, params in sql:
-                    con.execute(stmt, params)
-                con.executemany(f"INSERT OR REPLACE INTO steps VALUES ({','.join('?' * len(STEP_COLS))})", steps)
-                con.executemany(f"INSERT OR REPLACE INTO evals VALUES ({','.join('?' * len(EVAL_COLS))})", evals)
-                con.executemany("INSERT INTO events (wall, step, branch, kind, message, data) "
-                                "VALUES (?, ?, ?, ?, ?, ?)", events)
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-
-    def _write_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_interval)
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception as e:
-                self.errors.append(f"{type(e).__name__}: {e}")
-        self.flush()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._writer is not None:
-            self._writer.join()
-        self.flush()
-
-    # --- read side: each reading thread gets its own connection ------------------------------
-    def _reader(self) -> sqlite3.Connection:
+    def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = self._local.con = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
-            con.row_factory = sqlite3.Row
+            con = self._local.con = self._connect()
         return con
 
     def query(self, sql: str, params: tuple = ()) -> list[dict]:
-        return [dict(r) for r in self._reader().execute(sql, params)]
+        return [dict(r) for r in self._con().execute(sql, params)]
 
     def meta(self) -> dict[str, Any]:
         return {r["key"]: json.loads(r["value"]) for r in self.query("SELECT key, value FROM meta")}
@@ -179,6 +145,9 @@ class Journal:
             segs.append((branch, -1, upto))
         return segs[::-1]
 
+    def on_lineage(self, branch: int, step: int, lineage: list | None = None) -> bool:
+        return any(b == branch and after <= step <= upto for b, after, upto in (lineage or self.lineage(branch)))
+
     def _lineage_rows(self, table: str, branch: int, since_step: int, stride: int = 1) -> list[dict]:
         rows: list[dict] = []
         for b, after, upto in self.lineage(branch):
@@ -190,8 +159,7 @@ class Journal:
     def metrics(self, branch: int, since_step: int = 0, max_points: int | None = None) -> list[dict]:
         """Per-step metrics of `branch`'s lineage (its ancestors up to each fork), after `since_step`.
 
-        With `max_points`, every k-th step (and the last) is returned, chosen in SQL: the seam where a
-        min/max downsampler goes once runs reach 10^6 steps.
+        With `max_points`, every k-th step (and the last) is returned, chosen in SQL.
         """
         stride = 1
         if max_points:
@@ -203,17 +171,24 @@ class Journal:
             rows += tail[-1:]
         return rows
 
-    def export_rows(self, branch: int) -> list[dict]:
-        """The lineage's per-step metrics with each step's evaluation beside it (CSV/parquet export)."""
-        evals = {e["step"]: e for e in self.evals(branch)}
-        rows = self.metrics(branch)
+    def evals(self, branch: int, since_step: int = 0) -> list[dict]:
+        """Evaluations on the lineage; a task's own metrics (e.g. val_mae) are columns like the rest."""
+        rows = self._lineage_rows("evals", branch, since_step)
         for r in rows:
-            e = evals.get(r["step"], {})
-            r.update({k: e.get(k) for k in ("val_loss", "val_acc", "train_acc")})
+            r.update(json.loads(r.pop("extra") or "{}"))
         return rows
 
-    def evals(self, branch: int, since_step: int = 0) -> list[dict]:
-        return self._lineage_rows("evals", branch, since_step)
+    def export_rows(self, branch: int) -> list[dict]:
+        """The lineage's per-step metrics with each step's evaluation beside it (CSV/parquet export)."""
+        evals = self.evals(branch)
+        names = [k for k in dict.fromkeys(k for e in evals for k in e)
+                 if k not in ("branch", "step", "epoch", "wall", "train_loss")]
+        by_step = {e["step"]: e for e in evals}
+        rows = self.metrics(branch)
+        for r in rows:
+            e = by_step.get(r["step"], {})
+            r.update({k: e.get(k) for k in names})
+        return rows
 
     def branch_metrics(self, branch: int, max_points: int | None = None) -> list[dict]:
         """A branch's own rows (after its fork), e.g. an abandoned path drawn faded."""
@@ -252,9 +227,156 @@ class Journal:
             r["hparams"] = json.loads(r["hparams"]) if r["hparams"] else {}
         return rows
 
+    def checkpoint_file(self, cid: int) -> Path:
+        """The file of a listed checkpoint, checked to lie inside the run directory."""
+        from .checkpoints import contained
+
+        rows = [c for c in self.checkpoints() if c["id"] == cid]
+        if not rows:
+            raise JournalError(f"checkpoint {cid}: no such checkpoint")
+        return contained(self.run_dir, rows[0]["path"])
+
     def last_step(self, branch: int) -> int:
         r = self.query("SELECT MAX(step) AS s FROM steps WHERE branch = ?", (branch,))
         return r[0]["s"] or 0
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+class Journal(Reader):
+    """The run's one writer (see the module docstring for the commit order)."""
+
+    def __init__(self, path: Path | str, flush_interval: float = 0.25):
+        path = Path(path)
+        self.flush_interval = flush_interval
+        try:
+            self._wcon = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
+            self._wcon.execute("PRAGMA journal_mode=WAL")
+            self._wcon.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
+            self._wcon.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise JournalError(f"{path}: not a Panda journal ({e})") from None
+        super().__init__(path)
+        self._steps: collections.deque = collections.deque()
+        self._evals: collections.deque = collections.deque()
+        self._events: collections.deque = collections.deque()
+        self._sql: collections.deque = collections.deque()  # (statement, params)
+        self._jobs: collections.deque = collections.deque()  # callables run on the writer thread
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._flush_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
+        self._closed = False
+        self.error: str | None = None  # the last failed write, until a flush succeeds
+
+    # --- write side: cheap appends from any thread ------------------------------------------
+    def start_writer(self) -> None:
+        if self._writer is None or not self._writer.is_alive():
+            self._stop.clear()
+            self._writer = threading.Thread(target=self._write_loop, name="panda-journal", daemon=True)
+            self._writer.start()
+
+    def log_steps(self, rows: list[StepRow]) -> None:
+        self._steps.extend(rows)
+
+    def log_eval(self, row: EvalRow) -> None:
+        self._evals.append(row)
+
+    def event(self, step: int, branch: int, kind: str, message: str, data: Any = None) -> None:
+        self._events.append(self.event_row(step, branch, kind, message, data))
+
+    @staticmethod
+    def event_row(step: int, branch: int, kind: str, message: str, data: Any = None) -> tuple:
+        return (time.time(), step, branch, kind, message, None if data is None else json.dumps(data))
+
+    def execute(self, sql: str, params: tuple = ()) -> None:
+        self._sql.append((sql, params))
+
+    def submit(self, job: Callable[[sqlite3.Connection], None]) -> None:
+        """Run `job(connection)` on the writer thread, after the rows queued before it are committed."""
+        self._jobs.append(job)
+        self._wake.set()
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def add_branch(self, bid: int, parent: int | None, fork_step: int, reason: str, ckpt: int | None) -> None:
+        self.execute("INSERT INTO branches VALUES (?, ?, ?, ?, ?, ?)",
+                     (bid, parent, fork_step, reason, ckpt, time.time()))
+
+    def transaction(self, statements: list[tuple[str, tuple]]) -> None:
+        """Commit these statements together; call from a submitted job (the writer's connection)."""
+        con = self._wcon
+        con.execute("BEGIN")
+        try:
+            for stmt, params in statements:
+                con.execute(stmt, params)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def flush(self) -> None:
+        """Commit everything queued, then run the jobs queued before it. Safe from any thread.
+
+        Raises JournalError (and sets `error`) when a write fails; what failed stays queued.
+        """
+        with self._flush_lock:
+            jobs = _drain(self._jobs)  # taken first: every row queued before a job is in the batch below
+            batch = [_drain(q) for q in (self._sql, self._steps, self._evals, self._events)]
+            try:
+                if any(batch):
+                    sql, steps, evals, events = batch
+                    self.transaction([*sql, *((_insert("steps", 11), tuple(r)) for r in steps),
+                                      *((_insert("evals", 9), tuple(r)) for r in evals),
+                                      *(("INSERT INTO events (wall, step, branch, kind, message, data) "
+                                         "VALUES (?, ?, ?, ?, ?, ?)", e) for e in events)])
+            except Exception as e:
+                for q, rows in zip((self._sql, self._steps, self._evals, self._events), batch):
+                    q.extendleft(reversed(rows))  # kept, in order, for the next try
+                self._jobs.extendleft(reversed(jobs))
+                self._failed(e)
+            while jobs:
+                try:
+                    jobs[0](self)
+                except Exception as e:
+                    self._jobs.extendleft(reversed(jobs))
+                    self._failed(e)
+                jobs.pop(0)
+            self.error = None
+
+    def _failed(self, e: Exception) -> None:
+        self.error = f"journal write failed: {type(e).__name__}: {e}"
+        raise JournalError(self.error) from e
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_interval)
+            self._wake.clear()
+            try:
+                self.flush()
+            except JournalError:
+                self._stop.wait(self.flush_interval)  # `error` tells the trainer; try again later
+
+    def close(self) -> None:
+        """Stop the writer and commit what is left; raises JournalError if that fails. Idempotent."""
+        with self._flush_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._wake.set()
+        if self._writer is not None:
+            self._writer.join()
+        try:
+            self.flush()
+        finally:
+            super().close()
+            self._wcon.close()
 
 
 def _drain(d: collections.deque) -> list:

@@ -1,21 +1,22 @@
-"""The full training state: capture and restore as one mirrored pair, and atomic checkpoint files.
+"""The full training state as a value: capture and restore as one mirrored pair, and atomic files.
 
-Everything a continuation needs is here: model (with BatchNorm buffers), optimizer (momentum
-buffers, step counts), the lr schedule, every RNG, the data position, the counters and the
-hyperparameters. Files load with torch.load(weights_only=True), so only tensors and plain types.
+A snapshot holds everything a continuation needs: the model (with BatchNorm buffers), the optimizer
+(momentum buffers, step counts), every RNG, the data position, plus the engine's own fields (lr
+schedule, counters, hyperparameters, lineage). Both directions copy tensors, so nothing live ever
+aliases a stored snapshot: a ring snapshot can be restored any number of times. Files load with
+torch.load(weights_only=True): tensors and plain types only.
 """
 from __future__ import annotations
 
 import os
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .engine import Trainer
+from .data import Batches
 
 FORMAT = 1
 KEYS = ("format", "model", "optimizer", "schedule", "rng", "data", "counters", "hparams", "lineage")
@@ -25,56 +26,53 @@ class CheckpointError(RuntimeError):
     pass
 
 
-def _clone(obj: Any) -> Any:
+def clone(obj: Any) -> Any:
+    """A deep copy with every tensor copied to the CPU."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: _clone(v) for k, v in obj.items()}
+        return {k: clone(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_clone(v) for v in obj)
+        return type(obj)(clone(v) for v in obj)
     return obj
 
 
-def capture(t: "Trainer") -> dict:
-    """Snapshot of the trainer, detached from it (training may go on while it is written)."""
+def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
-        "format": FORMAT,
-        "model": _clone(t.model.state_dict()),
-        "optimizer": _clone(t.optimizer.state_dict()),
-        "schedule": {"lr_set_epoch": t.lr_set_epoch},
-        "rng": {
-            "python": random.getstate(),
-            "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
-        "data": t.batches.state(),
-        "counters": {"step": t.step, "samples": t.samples, "train_time": t.train_time,
-                     "best_val": t.best_val, "last_val": t.last_val},
-        "hparams": t.hp_dict(),
-        "lineage": {"branch": t.branch, "parent_checkpoint": t.last_checkpoint},
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
-def restore(t: "Trainer", s: dict) -> None:
-    """The mirror of capture(): put every captured field back."""
-    t.model.load_state_dict(s["model"])
-    t.optimizer.load_state_dict(s["optimizer"])
-    t.lr_set_epoch = int(s["schedule"]["lr_set_epoch"])
-    rng = s["rng"]
+def set_rng_state(rng: dict) -> None:
     random.setstate(_tuples(rng["python"]))
     n = rng["numpy"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    t.batches.load_state(s["data"])
-    c = s["counters"]
-    t.step, t.samples, t.train_time = int(c["step"]), int(c["samples"]), float(c["train_time"])
-    t.best_val, t.last_val = c["best_val"], c["last_val"]
-    t.set_hp_dict(s["hparams"])
-    t.last_checkpoint = s["lineage"]["parent_checkpoint"]
+
+
+def capture(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, **fields: Any) -> dict:
+    """A snapshot detached from the live objects (training may go on while it is written).
+
+    `fields` are the engine's own: schedule, counters, hparams, lineage (plain values).
+    """
+    return {"format": FORMAT, "model": clone(model.state_dict()), "optimizer": clone(optimizer.state_dict()),
+            "rng": rng_state(), "data": clone(batches.state()), **clone(fields)}
+
+
+def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, s: dict) -> None:
+    """The mirror of capture() for the live objects; the caller puts back the engine's fields."""
+    model.load_state_dict(s["model"])  # copies into the model's own tensors
+    # Optimizer.load_state_dict keeps the tensors it is given when device and dtype already match:
+    # without this copy later steps would write into the snapshot.
+    optimizer.load_state_dict(clone(s["optimizer"]))
+    set_rng_state(s["rng"])
+    batches.load_state(s["data"])
 
 
 def _tuples(x):
@@ -86,11 +84,15 @@ def save_file(state: dict, path: Path) -> None:
     """Atomic: temp file in the same directory, fsync, rename, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
