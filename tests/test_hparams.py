@@ -1,10 +1,11 @@
 """The validation corpus: every bad value is rejected with the field named; good ones pass."""
+import dataclasses
 import math
 
 import pytest
 
-from trainer.hparams import (HParamError, HParams, decayed_lr, lr_exponent, lr_from_exponent,
-                             momentum_exponent, momentum_from_exponent, validate)
+from trainer.hparams import (HELP, FieldSpec, HParamError, HParams, decayed_lr, field_specs, lr_exponent,
+                             lr_from_exponent, momentum_exponent, momentum_from_exponent, validate)
 
 BAD = [
     ({"lr": 0}, "lr", "> 0"), ({"lr": -0.1}, "lr", "> 0"), ({"lr": float("nan")}, "lr", "finite"),
@@ -21,10 +22,17 @@ BAD = [
     ({"batch_size": 32.5}, "batch_size", "integer"), ({"batch_size": "32"}, "batch_size", "integer"),
     ({"batch_size": True}, "batch_size", "integer"), ({"grad_clip": -1}, "grad_clip", ">= 0"),
     ({"grad_clip": float("nan")}, "grad_clip", "finite"), ({"learning_rate": 0.1}, "learning_rate", "unknown"),
+    # numbers that cannot be converted: a float overflows, an int must fit the journal's 64-bit columns
+    ({"lr": 10**400}, "lr", "too large to be a float"), ({"momentum": -10**400}, "momentum", "too large"),
+    ({"batch_size": 10**30}, "batch_size", "too large"), ({"decay_every": 10**400}, "decay_every", "too large"),
+    ({"decay_every": 1e300}, "decay_every", "too large"), ({"lr_decay": ["step"]}, "lr_decay", "one of"),
+    ({1: 0.1}, "hparams", "keys must be field names (strings), got 1"),
+    ({"lr": 0.1, 1: 0.1}, "hparams", "keys must be field names (strings), got 1"),
+    ({None: 0.1, "x": 1}, "hparams", "got None"),
 ]
 
 
-@pytest.mark.parametrize("changes,field,words", BAD, ids=[str(b[0]) for b in BAD])
+@pytest.mark.parametrize("changes,field,words", BAD, ids=[str(b[0])[:60] for b in BAD])
 def test_rejects_with_field_and_range(changes, field, words):
     base = HParams()
     with pytest.raises(HParamError) as e:
@@ -32,6 +40,11 @@ def test_rejects_with_field_and_range(changes, field, words):
     assert e.value.field == field
     assert str(e.value).startswith(f"{field}:") and words in str(e.value)
     assert base == HParams()  # nothing changed
+
+
+def test_an_int_too_long_to_print_is_still_named():
+    with pytest.raises(HParamError, match="^lr: too large"):
+        validate(HParams(), {"lr": 10**5000})  # str() refuses ints over 4300 digits
 
 
 def test_accepts_good_values_and_coerces_integral_floats():
@@ -68,3 +81,34 @@ def test_log_scale_helpers_round_trip():
     assert momentum_from_exponent(-3) == pytest.approx(0.999)
     assert momentum_exponent(0.99) == pytest.approx(-2)
     assert math.isclose(momentum_from_exponent(momentum_exponent(0.95)), 0.95)
+
+
+def test_every_field_has_a_spec_and_help():
+    specs = field_specs()
+    assert [s.name for s in specs] == [f.name for f in dataclasses.fields(HParams)]
+    assert set(HELP) == {f.name for f in dataclasses.fields(HParams)}
+    for s in specs:
+        assert isinstance(s, FieldSpec) and s.help == HELP[s.name] and s.help and "\n" not in s.help
+        assert s.default == getattr(HParams(), s.name)
+        assert s.kind in ("float", "int", "choice")
+        assert (s.choices is not None) == (s.kind == "choice")
+        assert validate(HParams(), {s.name: s.default}) == HParams()  # the form's default is valid
+        assert s.choices is None or s.default in s.choices
+    kinds = {s.name: s.kind for s in specs}
+    assert kinds["lr"] == "float" and kinds["batch_size"] == "int" and kinds["lr_decay"] == "choice"
+    assert field_specs()[3].choices == ("none", "inverse-time", "exponential", "step")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        specs[0].help = "x"
+
+
+def test_a_new_field_gets_a_spec(monkeypatch):
+    """Specs come from dataclasses.fields(HParams), so a field added there shows up in the CLI and form."""
+    import trainer.hparams as hparams
+
+    @dataclasses.dataclass(frozen=True)
+    class More(HParams):
+        warmup: int = 0
+
+    monkeypatch.setattr(hparams, "HParams", More)
+    monkeypatch.setitem(hparams.HELP, "warmup", "warm-up steps, integer >= 0")
+    assert hparams.field_specs()[-1] == FieldSpec("warmup", "int", 0, None, "warm-up steps, integer >= 0")

@@ -78,13 +78,30 @@ def test_plugin_by_module_path(make, monkeypatch):
     ("nowhere.py:make", "no such file"),
     ("no_such_module:make", "import failed"),
     ("justaname", "expected a built-in"),
+    ("broken.py:needs_args", "needs_args takes arguments (n_samples); a plugin is called with none"),
+    ("broken.py:says_module", "says_module is not a Python function returning trainer.Task"),
+    ("os:getcwd", "getcwd is not a Python function returning trainer.Task"),
+    ("broken.py:bad_lr", "defaults: lr: must be > 0, got -1.0"),
+    ("broken.py:typo", "defaults: learnig_rate: unknown hyperparameter"),
+    ("broken.py:too_big_a_batch", "defaults: batch_size: must be an integer from 1 to 64, got 65"),
+    ("broken.py:no_parameters", "model has no trainable parameters"),
+    ("broken.py:frozen", "model has no trainable parameters"),
+    ("broken.py:huge", "train_data has 1,000,000,000,000 items"),
+    ("broken.py:bad_len", "len(train_data) raised ValueError"),
 ])
 def test_broken_plugins_get_a_clear_error_naming_the_plugin(spec, words, tmp_path):
-    spec = str(PLUGINS / spec) if spec.endswith(("py:make", "type", "raises", "iterable", "missing")) else spec
+    spec = str(PLUGINS / spec) if ".py:" in spec else spec
     with pytest.raises(TaskError) as e:
         Trainer.create(RunConfig(task=spec, run_dir=str(tmp_path / "r")))
     assert words in str(e.value) and spec in str(e.value)
     assert not (tmp_path / "r").exists()  # nothing was created
+
+
+def test_a_one_sample_remainder_joins_the_last_batch_so_batchnorm_trains_on(make):
+    """65 items in batches of 32: without the rule the third batch is one sample and BatchNorm fails."""
+    t = make(task=str(PLUGINS / "remainder.py") + ":make", eval_every=0, ckpt_every=0)
+    run_to(t, 5, timeout=30)  # two and a half epochs of 32 + 33
+    assert t.error is None and (t.batches.epoch, t.batches.offset) == (2, 32)
 
 
 def test_diverging_spirals_keeps_batchnorm_stats_finite(make):

@@ -29,13 +29,59 @@ class HParams:
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off; >= 0
 
 
+# One line per field for the CLI's --help and the dashboard's tooltips: meaning and valid range.
+HELP: dict[str, str] = {
+    "lr": "learning rate alpha0, > 0; the decay schedule starts again when it is set",
+    "momentum": "SGD momentum, or beta1 for Adam/AdamW; in [0, 1)",
+    "weight_decay": "L2 (SGD/Adam) or decoupled (AdamW) weight decay; >= 0",
+    "lr_decay": "learning-rate decay: " + " | ".join(DECAYS),
+    "decay_rate": "decay rate; inverse-time: >= 0, exponential and step: in (0, 1]",
+    "decay_every": "step decay: epochs per decay step; integer >= 1",
+    "batch_size": "mini-batch size; integer from 1 to the training-set size",
+    "grad_clip": "max gradient norm, 0 = no clipping; >= 0",
+}
+
+_CHOICES = {"lr_decay": DECAYS}  # a str field takes one of a fixed set of values
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One hyperparameter as the CLI flags and the dashboard form show it."""
+    name: str
+    kind: str  # "float" | "int" | "choice"
+    default: Any
+    choices: tuple[str, ...] | None  # the allowed values of a "choice", else None
+    help: str
+
+
+def _kind(f: dataclasses.Field) -> str:
+    # With `from __future__ import annotations` the types are strings.
+    if f.name in _CHOICES:
+        return "choice"
+    if f.type in ("int", int):
+        return "int"
+    if f.type in ("float", float):
+        return "float"
+    raise TypeError(f"HParams.{f.name}: no spec for type {f.type!r}; add it to _CHOICES or use int/float")
+
+
+def field_specs() -> list[FieldSpec]:
+    """One spec per HParams field, in declaration order; a new field appears here (and needs HELP)."""
+    return [FieldSpec(f.name, _kind(f), f.default, _CHOICES.get(f.name), HELP[f.name]) for f in fields(HParams)]
+
+
 _FIELDS = {f.name: f for f in fields(HParams)}
+_KINDS = {s.name: s.kind for s in field_specs()}  # also checks at import that every field has a spec
+_INT_LIMIT = 2 ** 63  # ints go to the journal's SQLite columns (64-bit); a bigger one is no batch size anyway
 
 
 def _as_float(name: str, v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise HParamError(name, f"expected a number, got {type(v).__name__} {v!r}")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:  # an int beyond 1.8e308; not printed: str() refuses ints over 4300 digits
+        raise HParamError(name, "too large to be a float") from None
     if not math.isfinite(v):
         raise HParamError(name, f"must be finite, got {v}")
     return v
@@ -48,6 +94,8 @@ def _as_int(name: str, v: Any) -> int:
         v = int(v)
     if not isinstance(v, int):
         raise HParamError(name, f"expected an integer, got {type(v).__name__} {v!r}")
+    if not -_INT_LIMIT < v < _INT_LIMIT:
+        raise HParamError(name, "too large to be an integer (more than 64 bits)")
     return v
 
 
@@ -59,16 +107,19 @@ def validate(base: HParams, changes: dict[str, Any], *, dataset_size: int | None
     """
     if not isinstance(changes, dict):
         raise HParamError("hparams", f"expected a mapping, got {type(changes).__name__}")
+    odd = [k for k in changes if not isinstance(k, str)]  # before sorting: mixed key types do not sort
+    if odd:
+        raise HParamError("hparams", f"keys must be field names (strings), got {odd[0]!r}")
     unknown = sorted(set(changes) - set(_FIELDS))
     if unknown:
         raise HParamError(unknown[0], f"unknown hyperparameter; known: {', '.join(_FIELDS)}")
     clean: dict[str, Any] = {}
     for name, v in changes.items():
-        if name == "lr_decay":
-            if v not in DECAYS:
-                raise HParamError(name, f"must be one of {', '.join(DECAYS)}, got {v!r}")
+        if _KINDS[name] == "choice":
+            if not (isinstance(v, str) and v in _CHOICES[name]):
+                raise HParamError(name, f"must be one of {', '.join(_CHOICES[name])}, got {v!r}")
             clean[name] = v
-        elif _FIELDS[name].type in ("int", int):
+        elif _KINDS[name] == "int":
             clean[name] = _as_int(name, v)
         else:
             clean[name] = _as_float(name, v)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
+
+from .data import check_size
+from .hparams import HParamError, HParams, validate
 
 
 class TaskError(ValueError):
@@ -169,7 +173,26 @@ def _import_plugin(spec: str) -> Callable:
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise TaskError(f"task {spec!r}: {target} has no function {fn_name!r}")
+    # Any other callable could be anything: os.abort ends the process from C, where no exception
+    # can stop it. A Python function's failures are exceptions that load_task turns into TaskError.
+    if not inspect.isfunction(fn) or not _may_return_task(fn):
+        raise TaskError(f"task {spec!r}: {fn_name} is not a Python function returning trainer.Task")
+    required = [p.name for p in inspect.signature(fn).parameters.values()
+                if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if required:
+        raise TaskError(f"task {spec!r}: {fn_name} takes arguments ({', '.join(required)}); "
+                        "a plugin is called with none")
     return fn
+
+
+def _may_return_task(fn: Callable) -> bool:
+    """True unless fn is annotated to return something other than Task (or a subclass)."""
+    ann = inspect.signature(fn).return_annotation
+    if ann is inspect.Signature.empty:
+        return True
+    if isinstance(ann, str):  # `from __future__ import annotations`: "Task", "trainer.Task", ...
+        return ann.strip("'\" ").rpartition(".")[2] == "Task"
+    return isinstance(ann, type) and issubclass(ann, Task)
 
 
 def check_task(task: Any, spec: str) -> Task:
@@ -177,6 +200,8 @@ def check_task(task: Any, spec: str) -> Task:
         raise TaskError(f"task {spec!r}: the function must return trainer.Task, got {type(task).__name__}")
     if not isinstance(task.model, nn.Module):
         raise TaskError(f"task {spec!r}: model must be an nn.Module, got {type(task.model).__name__}")
+    if not any(p.requires_grad for p in task.model.parameters()):  # the optimizer would have nothing to do
+        raise TaskError(f"task {spec!r}: model has no trainable parameters")
     for name in ("train_data", "val_data"):
         ds = getattr(task, name)
         if ds is None and name == "val_data":
@@ -184,11 +209,28 @@ def check_task(task: Any, spec: str) -> Task:
         if isinstance(ds, IterableDataset) or not (hasattr(ds, "__getitem__") and hasattr(ds, "__len__")):
             raise TaskError(f"task {spec!r}: {name} must be a map-style Dataset (with __getitem__ and "
                             f"__len__); {type(ds).__name__} is not (IterableDatasets cannot be resumed exactly)")
-        if len(ds) == 0:
+        try:
+            n = len(ds)  # the plugin's own __len__: it may return anything
+        except Exception as e:
+            raise TaskError(f"task {spec!r}: len({name}) raised {type(e).__name__}: {e}") from e
+        if n == 0:
             raise TaskError(f"task {spec!r}: {name} is empty")
+    n_train = len(task.train_data)
+    try:
+        check_size(n_train)  # before Batches tries to allocate the shuffle
+    except ValueError as e:
+        raise TaskError(f"task {spec!r}: train_data has {e}") from e
     if not callable(task.loss):
         raise TaskError(f"task {spec!r}: loss must be callable")
+    try:  # the run starts from these, so a bad one is the plugin's error, not the user's
+        validate(HParams(), task.defaults, dataset_size=n_train)
+    except HParamError as e:
+        raise TaskError(f"task {spec!r}: defaults: {e}") from e
     return task
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
 def load_task(spec: str, seed: int = 0) -> Task:
@@ -203,8 +245,8 @@ def load_task(spec: str, seed: int = 0) -> Task:
         torch.manual_seed(seed)  # a plugin's model init is reproducible from the run seed
         try:
             task = fn()
-        except Exception as e:
-            raise TaskError(f"task {spec!r}: the function raised {type(e).__name__}: {e}") from e
+        except BaseException as e:  # SystemExit and KeyboardInterrupt too: this runs on the training thread
+            raise TaskError(f"task {spec!r}: the function raised {_describe(e)}") from e
     task = check_task(task, spec)
     if task.name == "task":
         task.name = spec
