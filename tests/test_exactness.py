@@ -77,3 +77,23 @@ def test_resume_in_new_process(make, task, tmp_path):
     final = [c for c in json.loads(rows.stdout) if c["step"] == 2 * k]
     assert final, rows.stdout
     assert_same_state(ckpt.load_file(final[-1]["path"]), expected)
+
+
+PAIRS = [(task, opt) for task in ("spirals", "digits", "quadratic") for opt in ("sgd", "adam", "adamw")]
+
+
+@pytest.mark.parametrize("task,opt", PAIRS, ids=[f"{t}-{o}" for t, o in PAIRS])
+def test_a_ring_snapshot_restores_exactly_any_number_of_times(make, task, opt):
+    """Bug: Optimizer.load_state_dict kept the snapshot's tensors, so the steps after a first restore
+    wrote into the snapshot and a second restore of it was not exact."""
+    hp = {"momentum": 0.9} if task == "quadratic" else {}
+    expected = straight(make, task, opt, hp, 20)
+    t = make("twice", hp, task=task, optimizer=opt, eval_every=20, ckpt_every=0)
+    run_to(t, 10)
+    cid = t.save_checkpoint().wait().value
+    run_to(t, 20)
+    assert t.restore(cid).wait().ok
+    run_to(t, 15)
+    assert t.restore(cid).wait().ok  # the same in-memory snapshot, a second time
+    run_to(t, 20)
+    assert_same_state(t._capture(), expected)

@@ -52,15 +52,15 @@ def test_evaluation_uses_running_averages_and_restores_train_mode(make):
         ref = torch.nn.functional.cross_entropy(t.model(x), y).item()
         acc = (t.model(x).argmax(1) == y).float().mean().item()
     t.model.train()
-    assert t.view["eval"]["val_loss"] == pytest.approx(ref, rel=1e-5)
-    assert t.view["eval"]["val_acc"] == pytest.approx(acc)
-    assert "grid" in t.view
+    assert t.status().eval["val_loss"] == pytest.approx(ref, rel=1e-5)
+    assert t.status().eval["val_acc"] == pytest.approx(acc)
+    assert t.status().grid is not None
 
 
 def test_digits_reports_accuracy(make):
     t = make(task="digits", eval_every=100, ckpt_every=0)
     run_to(t, 200)
-    assert t.view["eval"]["val_acc"] > 0.85
+    assert t.status().eval["val_acc"] > 0.85
 
 
 def test_plugin_by_module_path(make, monkeypatch):
@@ -116,4 +116,4 @@ def test_the_readme_plugin_example_trains(make):
     t = make(task=str(ROOT / "examples" / "regression_task.py") + ":make_task", eval_every=50, ckpt_every=0)
     run_to(t, 300)
     variance = t.task.val_data.tensors[1].var().item()  # the loss of always predicting the mean
-    assert t.view["eval"]["val_loss"] < 0.2 * variance and "val_mae" in t.view["eval"]
+    assert t.status().eval["val_loss"] < 0.2 * variance and "val_mae" in t.status().eval

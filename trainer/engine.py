@@ -103,7 +103,8 @@ class Trainer:
         self.best_val: float | None = None
         self.last_val: float | None = None
         self.branch, self.last_checkpoint = 0, None
-        self._ckpt_at: tuple[int, int] | None = None  # (branch, step) of the state last checkpointed
+        # (branch, step) of the state last checkpointed; a fresh build is step 0, made again from the seed
+        self._ckpt_at: tuple[int, int] | None = (0, 0)
         self.state = "ready"  # one of commands.STATES
         self.error: str | None = None
         self._eval: dict | None = None
@@ -546,9 +547,9 @@ class Trainer:
         return Result(True, self.step + 1)
 
     def _cmd_close(self) -> Result:
-        if self.state in ("running", "paused", "error"):
-            self._finish("stopped", f"stopped at step {self.step} (closing)")
+        self._final_checkpoint()  # so a reopened run continues exactly where it was closed
         self._readback()
+        self._event("close", f"closed at step {self.step}")
         self.state = "closed"
         with self._cond:  # from here on every command is answered at once
             self._accepting = False
@@ -580,6 +581,8 @@ class Trainer:
         if set_lr:
             self.lr_set_epoch = self.batches.epoch  # the lr the user sets is alpha0 from this step on
         self.hp = new
+        if new != old:
+            self._ckpt_at = None  # the live state now differs from the last checkpoint's
         for k, v in to_dict(new).items():
             if v != getattr(old, k):
                 self._event("hparams", f"{k} {_fmt(getattr(old, k))} → {_fmt(v)}",
@@ -590,6 +593,7 @@ class Trainer:
         if err:
             return Result(False, self.step, err)
         self.batches.skip(batches, self.hp.batch_size)
+        self._ckpt_at = None
         self._event("skip", f"skipped the next {batches} batches")
         return Result(True, self.step + 1)
 
@@ -662,7 +666,7 @@ class Trainer:
             self.branch = 1 + max(b["id"] for b in self.journal.branches())
             self.journal.add_branch(self.branch, ck_branch, fork_step, reason, cid)
             self.journal.set_meta("branch", self.branch)
-        self._ckpt_at = (self.branch, self.step) if cid is not None else None
+        self._ckpt_at = (self.branch, self.step)
         self.last_checkpoint = cid
         self._eval, self._grid = None, None  # the abandoned path's picture no longer describes the model
         where = f"checkpoint {cid} (step {fork_step}, branch {ck_branch})" if cid is not None else "step 0"
@@ -678,6 +682,7 @@ class Trainer:
         self._change_hparams(new, set_lr="lr" in changes)
         if skip:
             self.batches.skip(skip, self.hp.batch_size)
+            self._ckpt_at = None
             self._event("skip", f"skipped the next {skip} batches")
         return Result(True, self.step + 1, message=where, value=self.branch)
 
@@ -709,10 +714,13 @@ class Trainer:
 
     def _finish(self, state: str, message: str) -> None:
         """End the run: a final checkpoint unless this state is an error or already checkpointed."""
-        if self.state != "error" and self.step > 0 and self._ckpt_at != (self.branch, self.step):
-            self._checkpoint("final")
+        self._final_checkpoint()
         self.state = state
         self._event(state, message)
+
+    def _final_checkpoint(self) -> None:
+        if self.state != "error" and self._ckpt_at != (self.branch, self.step):
+            self._checkpoint("final")
 
     def _fail(self, message: str, detail: str | None = None) -> None:
         self.state, self.error = "error", message
