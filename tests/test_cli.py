@@ -115,3 +115,46 @@ def test_journal_and_checkpoints_survive_kill_9(tmp_path):
     assert con.execute("SELECT MAX(step) FROM steps WHERE branch = ?", (branch,)).fetchone()[0] == step + 30
     if branch:
         assert con.execute("SELECT parent, fork_step, reason FROM branches WHERE id = 1").fetchone() == (0, step, "resume")
+
+
+def _one_line(r, words):
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and words in lines[0], (r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 200, None], ids=["empty", "corrupt", "directory"])
+@pytest.mark.parametrize("command", ["checkpoints", "export", "resume"])
+def test_a_broken_journal_is_one_line_and_exit_2(tmp_path, content, command):
+    d = tmp_path / "bad"
+    d.mkdir()
+    if content is None:
+        (d / "journal.sqlite").mkdir()
+    else:
+        (d / "journal.sqlite").write_bytes(content)
+    extra = ["--out", str(tmp_path / "m.csv")] if command == "export" else []
+    _one_line(cli(command, "--run-dir", d, *extra), "journal")
+
+
+@pytest.mark.parametrize("command", ["run", "resume", "checkpoints"])
+def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, command):
+    f = tmp_path / "file"
+    f.write_text("x")
+    _one_line(cli(command, "--run-dir", f), "is a file")
+    assert f.read_text() == "x"
+
+
+def test_export_to_a_directory_is_one_line(tmp_path):
+    d = tmp_path / "r"
+    assert cli("run", "--task", "quadratic", "--run-dir", d, "--max-steps", 5).returncode == 0
+    _one_line(cli("export", "--run-dir", d, "--out", tmp_path), "is a directory")
+
+
+@pytest.mark.parametrize("fn", ["interrupted", "exits", "huge", "no_parameters", "bad_lr"])
+def test_a_misbehaving_plugin_is_one_line(tmp_path, fn):
+    r = cli("run", "--task", f"{ROOT / 'tests' / 'plugins' / 'broken.py'}:{fn}", "--run-dir", tmp_path / "p")
+    _one_line(r, "broken.py")
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_non_task_callable_is_refused_not_called(tmp_path):
+    _one_line(cli("run", "--task", "os:abort", "--run-dir", tmp_path / "p"), "os:abort")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import snapshot
-from .journal import CheckpointRow, Journal, JournalError
+from .journal import CheckpointRow, Journal
 from .snapshot import CheckpointError
 
 
@@ -67,9 +67,10 @@ class CheckpointStore:
             journal.transaction([(f"INSERT INTO checkpoints VALUES ({','.join('?' * 12)}, 0)", tuple(row)),
                                  ("INSERT INTO events (wall, step, branch, kind, message, data) "
                                   "VALUES (?, ?, ?, ?, ?, ?)", event)])
-            self._retain(journal)
 
-        self.journal.submit(write)
+        self.journal.submit(write)  # a failed job is retried whole: it has committed nothing
+        self.journal.submit(self._retain)
+        self.journal.wait_for_jobs(most=2)  # each pending job holds a full copy of the state in memory
         return cid
 
     def load(self, cid: int) -> dict:
@@ -99,9 +100,11 @@ class CheckpointStore:
                 continue
             try:
                 path = contained(self.run_dir, c["path"])
-            except CheckpointError as e:  # a tampered row: never delete outside the run
-                raise JournalError(str(e)) from None
+            except CheckpointError as e:  # a tampered row: retired, and nothing outside the run is touched
+                path = None
+                journal.event(c["step"], c["branch"], "error", f"checkpoint {c['id']}: {e}; no file was deleted")
             journal.transaction([("UPDATE checkpoints SET deleted = 1 WHERE id = ?", (c["id"],))])
             with self._lock:
                 self._ring.pop(c["id"], None)
-            path.unlink(missing_ok=True)
+            if path is not None:
+                path.unlink(missing_ok=True)

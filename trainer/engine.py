@@ -31,7 +31,7 @@ from .status import Grid, RunInfo, Status, frozen_array, frozen_map
 from .tasks import Task, load_task
 
 THREAD_NAME = "panda-trainer"
-READBACK_S = 0.2  # step rows reach the journal's queue at least this often (plus its flush interval)
+READBACK_S = 0.1  # step rows reach the journal's queue at least this often (plus its flush interval)
 
 
 class Diverged(RuntimeError):

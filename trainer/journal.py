@@ -250,7 +250,7 @@ class Reader:
 class Journal(Reader):
     """The run's one writer (see the module docstring for the commit order)."""
 
-    def __init__(self, path: Path | str, flush_interval: float = 0.25):
+    def __init__(self, path: Path | str, flush_interval: float = 0.2):
         path = Path(path)
         self.flush_interval = flush_interval
         try:
@@ -269,6 +269,7 @@ class Journal(Reader):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._flush_lock = threading.Lock()
+        self._jobs_done = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closed = False
         self.error: str | None = None  # the last failed write, until a flush succeeds
@@ -323,31 +324,47 @@ class Journal(Reader):
     def flush(self) -> None:
         """Commit everything queued, then run the jobs queued before it. Safe from any thread.
 
-        Raises JournalError (and sets `error`) when a write fails; what failed stays queued.
+        Jobs run one at a time, each after a commit of every row queued until then, so rows keep
+        reaching the disk while checkpoint files are written. Raises JournalError (and sets `error`)
+        when a write fails; what failed stays queued, in order, for the next try.
         """
         with self._flush_lock:
-            jobs = _drain(self._jobs)  # taken first: every row queued before a job is in the batch below
-            batch = [_drain(q) for q in (self._sql, self._steps, self._evals, self._events)]
-            try:
-                if any(batch):
-                    sql, steps, evals, events = batch
-                    self.transaction([*sql, *((_insert("steps", 11), tuple(r)) for r in steps),
-                                      *((_insert("evals", 9), tuple(r)) for r in evals),
-                                      *(("INSERT INTO events (wall, step, branch, kind, message, data) "
-                                         "VALUES (?, ?, ?, ?, ?, ?)", e) for e in events)])
-            except Exception as e:
-                for q, rows in zip((self._sql, self._steps, self._evals, self._events), batch):
-                    q.extendleft(reversed(rows))  # kept, in order, for the next try
-                self._jobs.extendleft(reversed(jobs))
-                self._failed(e)
-            while jobs:
+            jobs = len(self._jobs)  # every row queued before one of these jobs is committed before it runs
+            while True:
+                self._commit_rows()
+                if not jobs:
+                    break
+                job = self._jobs.popleft()
+                jobs -= 1
                 try:
-                    jobs[0](self)
+                    job(self)
                 except Exception as e:
-                    self._jobs.extendleft(reversed(jobs))
+                    self._jobs.appendleft(job)
                     self._failed(e)
-                jobs.pop(0)
+                with self._jobs_done:
+                    self._jobs_done.notify_all()
             self.error = None
+
+    def _commit_rows(self) -> None:
+        batch = [_drain(q) for q in (self._sql, self._steps, self._evals, self._events)]
+        if not any(batch):
+            return
+        sql, steps, evals, events = batch
+        try:
+            self.transaction([*sql, *((_insert("steps", 11), tuple(r)) for r in steps),
+                              *((_insert("evals", 9), tuple(r)) for r in evals),
+                              *(("INSERT INTO events (wall, step, branch, kind, message, data) "
+                                 "VALUES (?, ?, ?, ?, ?, ?)", e) for e in events)])
+        except Exception as e:
+            for q, rows in zip((self._sql, self._steps, self._evals, self._events), batch):
+                q.extendleft(reversed(rows))  # kept, in order, for the next try
+            self._failed(e)
+
+    def wait_for_jobs(self, most: int) -> None:
+        """Block while more than `most` jobs wait: checkpoints cannot be taken faster than the disk writes them."""
+        with self._jobs_done:
+            while len(self._jobs) > most and self._writer is not None and self._writer.is_alive() and not self.error:
+                self._jobs_done.wait(0.5)
 
     def _failed(self, e: Exception) -> None:
         self.error = f"journal write failed: {type(e).__name__}: {e}"
@@ -374,6 +391,8 @@ class Journal(Reader):
             self._writer.join()
         try:
             self.flush()
+            # Everything into the main file: an archived copy then reads whole without its WAL.
+            self._wcon.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             super().close()
             self._wcon.close()
