@@ -31,6 +31,26 @@ def reader() -> Reader:
     return r
 
 
+def page_key(s: Status) -> tuple:
+    """What the whole page draws from the status, outside the refreshing fragments."""
+    return s.state, s.branch, s.hparams, s.max_steps
+
+
+def follow_live(s: Status) -> None:
+    """Called by the fragments: when the state, branch, hyperparameters or step limit changed (a
+    command from this tab or another), rerun the whole page so its buttons, header and fields follow."""
+    seen = st.session_state.get("_page_seen")
+    if seen is not None and seen != page_key(s):
+        st.session_state["_page_seen"] = page_key(s)
+        st.rerun(scope="app")
+
+
+def as_int(v):
+    """A whole number from a number field as an int; anything else unchanged, for the engine to refuse
+    with its own message (a field typed as int would silently truncate 2.5 to 2)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def report(result: Result, what: str) -> None:
     """Show a command's result after the rerun: a toast when applied, an error when rejected.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from .common import report, status, trainer
+from .common import as_int, report, status, trainer
 
 BUTTONS = ("Start", "Pause", "Resume", "Stop")  # each sends the command of its name, lower-cased
 
@@ -22,20 +22,25 @@ def _save() -> None:
 
 
 def _set_limit() -> None:
-    report(trainer().set_max_steps(int(st.session_state["max_steps"] or 0)).wait(10), "Step limit")
+    v = st.session_state["max_steps"]
+    if v is None:  # an empty field: unchanged
+        st.session_state["max_steps"] = float(trainer().status().max_steps)
+        return
+    report(trainer().set_max_steps(as_int(v)).wait(10), "Step limit")
 
 
 def control_bar() -> None:
     s = status()
-    cols = st.columns([1, 1, 1, 1, 0.2, 1.5, 4], vertical_alignment="bottom")
+    cols = st.columns([1, 1, 1, 1, 0.2, 1.8, 4], vertical_alignment="bottom")
     for col, name in zip(cols, BUTTONS):
         live = name.lower() in s.accepts
         col.button(name, key=f"btn_{name.lower()}", on_click=_send, args=(name,), disabled=not live,
                    type="primary" if name in ("Start", "Resume") and live else "secondary", width="stretch")
     if "max_steps" not in st.session_state or st.session_state.get("_limit_seen") != s.max_steps:
-        st.session_state["max_steps"] = s.max_steps
+        st.session_state["max_steps"] = float(s.max_steps)
         st.session_state["_limit_seen"] = s.max_steps
-    cols[5].number_input("Stop at step (0 = never)", min_value=0, step=1000, key="max_steps", on_change=_set_limit)
+    cols[5].number_input("Stop at step (0 = never)", value=None, min_value=0.0, step=1000.0, format="%g",
+                         key="max_steps", on_change=_set_limit)
     with cols[6], st.form("save_form", border=False, enter_to_submit=True):
         a, b = st.columns([1.5, 1], vertical_alignment="bottom")
         a.text_input("Checkpoint label", key="ckpt_label", placeholder="optional, e.g. before lr bump")

@@ -60,6 +60,14 @@ def _x_at(step: int, rows: list[dict], axis: str):
     return x.item() if axis != "time" else datetime.fromtimestamp(rows[lo]["wall"])
 
 
+def thin(rows: list, max_points: int) -> list:
+    """Every k-th row and the last, at most about `max_points` of them: a bounded chart payload."""
+    if len(rows) <= max_points:
+        return rows
+    k = -(-len(rows) // max_points)
+    return rows[:-1:k] + rows[-1:]
+
+
 def _changes_only(rows: list[dict], key: str) -> list[dict]:
     """A step function (drawn with line_shape "hv") needs only its first row, each row where the
     value changes, and the last row: small chart payloads however long the run."""
@@ -67,7 +75,8 @@ def _changes_only(rows: list[dict], key: str) -> list[dict]:
 
 
 def marker_labels(events: list[dict]) -> dict[int, list[str]]:
-    """Hyperparameter changes and restores grouped by the step at which they take effect."""
+    """Hyperparameter changes and restores grouped by the step at which they take effect. Other
+    events (an "open" when a run is reopened, pauses, skips) are no change of course: no marker."""
     out: dict[int, list[str]] = {}
     for e in events:
         data = e.get("data") or {}
@@ -171,17 +180,30 @@ def loss_figure(metrics: list[dict], evals: list[dict] | None = None, events: li
     return go.Figure(data=data, layout=layout)
 
 
-def accuracy_figure(evals: list[dict], metrics: list[dict] | None = None, *, x_axis: str = "step",
-                    revision: str = "", height: int = 230) -> go.Figure:
+METRIC_TITLES = {"acc": "accuracy", "mae": "MAE"}
+
+
+def metric_title(name: str) -> str:
+    return METRIC_TITLES.get(name, name.replace("_", " "))
+
+
+def metric_format(name: str) -> str:
+    return ".1%" if name == "acc" else ".3g"
+
+
+def metric_figure(evals: list[dict], name: str, metrics: list[dict] | None = None, *, x_axis: str = "step",
+                  revision: str = "", height: int = 230) -> go.Figure:
+    """A task's metric (train_<name>, val_<name> of each evaluation); accuracy on a 0-100 % axis."""
     fig = go.Figure()
     metrics = metrics or []
-    for key, name, color in (("train_acc", "train", BLUE), ("val_acc", "val", ORANGE)):
+    for key, label, color in ((f"train_{name}", "train", BLUE), (f"val_{name}", "val", ORANGE)):
         pts = [e for e in evals if e.get(key) is not None]
         fig.add_trace(go.Scatter(x=[_x_at(e["step"], metrics, x_axis) for e in pts], y=[e[key] for e in pts],
-                                 mode="lines+markers", marker={"size": 4}, line={"color": color}, name=name))
+                                 mode="lines+markers", marker={"size": 4}, line={"color": color}, name=label))
+    yaxis = {"range": [0, 1.02], "tickformat": ".0%"} if name == "acc" else {}
     fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 10, "t": 30, "b": 30},
-                      title={"text": "accuracy", "font": {"size": 13}, "x": 0.01},
-                      yaxis={"range": [0, 1.02], "tickformat": ".0%"}, uirevision=revision,
+                      title={"text": metric_title(name), "font": {"size": 13}, "x": 0.01},
+                      yaxis=yaxis, uirevision=revision,
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1})
     if x_axis == "time":
         fig.update_xaxes(type="date")

@@ -9,7 +9,7 @@ import streamlit as st
 from trainer import Reader, Status
 
 from . import figures
-from .common import fmt, reader, status
+from .common import fmt, follow_live, reader, status
 
 MAX_POINTS = 2000
 TICK = 1.0
@@ -19,13 +19,10 @@ def snapshot(s: Status, j: Reader) -> dict:
     """Everything the charts draw: the run's history from the journal, on the branch `s` is on."""
     b = s.branch
     lineage = j.lineage(b)
-    evals = j.evals(b)
-    if len(evals) > MAX_POINTS // 2:  # every k-th evaluation and the last: a bounded chart payload
-        evals = evals[:-1:-(-len(evals) // (MAX_POINTS // 2))] + evals[-1:]
     return {
         "status": s,
         "metrics": j.metrics(b, max_points=MAX_POINTS),
-        "evals": evals,
+        "evals": figures.thin(j.evals(b), MAX_POINTS // 2),
         "events": [e for e in reversed(j.events(kinds=("hparams", "restore"), limit=2000, newest_first=True))
                    if j.on_lineage(e["branch"], e["step"], lineage)],
         "checkpoints": [c for c in j.checkpoints() if j.on_lineage(c["branch"], c["step"], lineage)],
@@ -61,7 +58,9 @@ def metrics_row(data: dict, smoothing: float) -> None:
     cols[3].metric("Samples/s", f"{sps:,.0f}" if sps else "—")
     cols[4].metric("Loss (smoothed)", fmt(smooth[-1] if smooth else None, ".3g"))
     cols[5].metric("Val loss", fmt(ev.get("val_loss"), ".3g"))
-    cols[6].metric("Val accuracy", fmt(ev.get("val_acc"), ".1%"))
+    if s.run.metrics:  # the task's first metric; the side charts show them all
+        name = s.run.metrics[0]
+        cols[6].metric(f"Val {figures.metric_title(name)}", fmt(ev.get(f"val_{name}"), figures.metric_format(name)))
     cols[7].metric("ETA", _eta(s))
 
 
@@ -92,14 +91,11 @@ def live_view() -> None:
                                 config={"displayModeBar": False})
             elif s.run.has_grid:
                 st.caption("The decision boundary appears at the first evaluation.")
-            if s.run.metrics:
-                st.plotly_chart(figures.accuracy_figure(data["evals"], data["metrics"], x_axis=x_axis,
-                                                        revision=revision), key="acc_chart",
+            for name in s.run.metrics:  # every metric the task declares, e.g. acc or a plugin's mae
+                st.plotly_chart(figures.metric_figure(data["evals"], name, data["metrics"], x_axis=x_axis,
+                                                      revision=revision), key=f"metric_chart_{name}",
                                 config={"displayModeBar": False})
-    if st.session_state.get("_seen_state") not in (None, s.state):
-        st.session_state["_seen_state"] = s.state
-        st.rerun(scope="app")  # buttons and the refresh timer follow the new state
-    st.session_state["_seen_state"] = s.state
+    follow_live(s)  # buttons, fields and the refresh timer follow a new state
 
 
 def chart_options() -> None:
@@ -132,12 +128,13 @@ def checkpoint_table() -> None:
         [{"id": c["id"], "step": c["step"], "epoch": c["epoch"],
           "time": datetime.fromtimestamp(c["wall"]).strftime("%H:%M:%S"), "train loss": c["train_loss"],
           "val loss": c["val_loss"], "lr": c["hparams"].get("lr"), "momentum": c["hparams"].get("momentum"),
-          "batch": c["hparams"].get("batch_size"), "label": c["label"] or "", "kind": c["kind"], "branch": c["branch"]}
+          "weight decay": c["hparams"].get("weight_decay"), "batch": c["hparams"].get("batch_size"), "label": c["label"] or "", "kind": c["kind"], "branch": c["branch"]}
          for c in reversed(rows)],
         hide_index=True, height=260, key="ckpt_table",
         column_config={"train loss": st.column_config.NumberColumn(format="%.4g"),
                        "val loss": st.column_config.NumberColumn(format="%.4g"),
-                       "lr": st.column_config.NumberColumn(format="%.4g")})
+                       "lr": st.column_config.NumberColumn(format="%.4g"),
+                       "weight decay": st.column_config.NumberColumn(format="%.4g")})
 
 
 def run_every() -> float | None:

@@ -6,29 +6,39 @@ from pathlib import Path
 import streamlit as st
 
 from .checkpoints_panel import restore_panel
-from .common import show_flash, status
+from .common import page_key, show_flash, status
 from .controls import control_bar
 from .hparams_panel import hparams_panel
 from .live import chart_options, checkpoint_table, event_log, live_view, run_every
 from .runs_panel import runs_panel
 
 
-# Denser metrics, so eight of them fit one row on a laptop screen.
+# Denser metrics, so eight of them fit one row on a laptop screen; a tighter sidebar, so Apply and
+# the form above the fold fit 768 pixels.
 CSS = """<style>
 [data-testid="stMetricValue"] { font-size: 1.55rem; }
 [data-testid="stMainBlockContainer"] { padding-top: 2.2rem; }
+[data-testid="stSidebarHeader"] { height: 2rem; margin-bottom: 0; }
+[data-testid="stSidebarUserContent"] { padding-top: 0; }
 </style>"""
 
 
 def main(args: dict) -> None:
     st.session_state.setdefault("_args", args)
-    st.session_state["_seen_state"] = status().state
+    st.html(CSS)
+    try:
+        s = status()
+    except Exception as e:  # the run given on the command line is locked by another process, or broken
+        st.error(f"Cannot open the run: {type(e).__name__}: {e}", icon="⚠️")
+        st.caption("Open another run or start a new one in the sidebar.")
+        with st.sidebar:
+            runs_panel()
+        return
+    st.session_state["_page_seen"] = page_key(s)
     with st.sidebar:
         hparams_panel()
         st.divider()
         runs_panel()
-    s = status()
-    st.html(CSS)
     st.markdown(f"### 🐼 Panda &nbsp;·&nbsp; `{Path(s.run.run_dir).name}`")
     st.caption(f"task **{s.run.task_name}** · optimizer **{s.run.optimizer}** · device **{s.run.device}** · "
                f"branch **{s.branch}** · {s.run.run_dir}")
@@ -41,6 +51,6 @@ def main(args: dict) -> None:
     slow = every and every * 5  # the tables change more slowly than the curve
     with tab_ckpt:
         st.fragment(run_every=slow)(checkpoint_table)()
-        restore_panel()
+        st.fragment(run_every=slow)(restore_panel)()  # lists checkpoints saved after the page was drawn
     with tab_events:
         st.fragment(run_every=slow)(event_log)()

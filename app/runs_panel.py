@@ -8,6 +8,7 @@ from trainer.config import OPTIMIZERS
 from trainer.tasks import BUILTINS
 
 from . import runtime
+from .common import as_int
 
 ss = st.session_state
 CUSTOM = "custom: module:function or file.py:function"
@@ -19,19 +20,23 @@ def _new_run() -> None:
         task = (ss.get("new_custom") or "").strip()
     elif task == "spirals" and ss.get("new_classes", 3) != 3:
         task = f"spirals:{ss['new_classes']}"
-    hp = {k: ss[f"new_{k}"] for k in ("lr", "momentum", "batch_size") if ss.get(f"new_{k}") is not None}
+    hp = {k: as_int(ss[f"new_{k}"]) for k in ("lr", "momentum", "batch_size") if ss.get(f"new_{k}") is not None}
     try:
         name = (ss.get("new_name") or "").strip() or runtime.default_name(task or "run")
         cfg = RunConfig(task=task, run_dir=str(runtime.run_dir_for(name)), optimizer=ss["new_optimizer"],
-                        seed=int(ss["new_seed"]), max_steps=int(ss.get("new_max_steps") or 0))
+                        seed=as_int(ss.get("new_seed") or 0.0), max_steps=as_int(ss.get("new_max_steps") or 0.0))
         runtime.new_run(cfg, hp)
     except Exception as e:  # a bad plugin or value: say so, keep the current run
         ss["run_error"] = f"{type(e).__name__}: {e}" if not str(e).startswith("task") else str(e)
         return
     ss.pop("run_error", None)
-    for k in list(ss):
-        if k.startswith("_hp_seen") or k == "_limit_seen":
-            del ss[k]
+    _forget_run()
+
+
+def _forget_run() -> None:
+    """This session's memory of the old run's fields: the new run's values fill them."""
+    for k in ("_hp_shown", "_limit_seen", "hp_errors", "hp_notes", "restore_errors", "restore_id"):
+        ss.pop(k, None)
 
 
 def _open_run() -> None:
@@ -44,6 +49,7 @@ def _open_run() -> None:
         ss["run_error"] = f"{type(e).__name__}: {e}"
         return
     ss.pop("run_error", None)
+    _forget_run()
 
 
 def runs_panel() -> None:
@@ -60,9 +66,10 @@ def runs_panel() -> None:
         a, b = st.columns(2)
         a.number_input("Initial learning rate", key="new_lr", value=None, format="%.6g", placeholder="task default")
         b.number_input("Initial momentum", key="new_momentum", value=None, format="%.4g", placeholder="task default")
-        a.number_input("Batch size", key="new_batch_size", value=None, step=1, placeholder="task default")
-        b.number_input("Seed", key="new_seed", value=0, step=1)
-        a.number_input("Stop at step", key="new_max_steps", value=0, min_value=0, step=1000)
+        a.number_input("Batch size", key="new_batch_size", value=None, step=1.0, format="%g",
+                       placeholder="task default")
+        b.number_input("Seed", key="new_seed", value=0.0, step=1.0, format="%g")
+        a.number_input("Stop at step", key="new_max_steps", value=0.0, min_value=0.0, step=1000.0, format="%g")
         b.text_input("Name", key="new_name", placeholder="auto")
         st.button("Create run", key="btn_new_run", on_click=_new_run, width="stretch",
                   help="Stops the current run (it is checkpointed) and starts a fresh one, ready to Start.")

@@ -63,10 +63,23 @@ def _close_at_exit() -> None:
 
 
 def _swap(make) -> Trainer:
-    """Build the new trainer first (bad input leaves the current run alone), then close the old one."""
+    """Pause the current run, build the new one, then close the old one.
+
+    Building a run seeds the global RNGs and competes for the CPU, so a run still training would be
+    disturbed; paused, it keeps its own RNG streams aside. If building fails (bad input), the old run
+    resumes and goes on as before.
+    """
     with _LOCK:
         old = live_trainer()
-        new = make()
+        was_running = old is not None and old.status().state == "running"
+        if was_running:
+            old.pause().wait(30)
+        try:
+            new = make()
+        except BaseException:
+            if was_running:
+                old.resume().wait(30)
+            raise
         if old is not None and old is not new:
             old.close()
         if not threading.__dict__.get("_panda_atexit"):

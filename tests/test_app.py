@@ -82,7 +82,9 @@ def test_start_pause_resume_stop_drive_the_engine(app):
 
 
 def apply(at):
-    return at.button(key="FormSubmitter:hparams_form-Apply").click().run()
+    at.button(key="FormSubmitter:hparams_form-Apply").click().run()
+    assert not at.exception, at.exception
+    return at
 
 
 def test_apply_sends_the_edited_values_together(app):

@@ -1,7 +1,9 @@
 """End to end: the real `streamlit run` on a free localhost port, driven by headless Chromium.
 
-open -> Start -> the loss chart gains points -> set Learning rate -> marker and timeline show it
--> Save checkpoint -> Restore it -> a faded branch appears -> Pause. A screenshot is kept on failure.
+open -> Start -> the loss chart gains points -> Save checkpoint -> set Learning rate (Enter) -> marker
+and timeline show it -> the restore picker lists a newer automatic checkpoint unprompted -> Restore the
+saved one with an lr override -> a faded branch appears, the sidebar shows the live lr -> Pause.
+Apply is in view at 1366x768. A screenshot is kept on failure.
 """
 import os
 import signal
@@ -54,20 +56,29 @@ def server(tmp_path_factory):
         proc.kill()
 
 
-@pytest.fixture
-def page(server, request):
+def browser_page(request, viewport):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM,
                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+        pg = browser.new_page(viewport=viewport)
         pg.set_default_timeout(30_000)
         yield pg
         if request.node.rep_call.failed if hasattr(request.node, "rep_call") else True:
             ARTIFACTS.mkdir(exist_ok=True)
             pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
         browser.close()
+
+
+@pytest.fixture
+def page(server, request):
+    yield from browser_page(request, {"width": 1440, "height": 1000})
+
+
+@pytest.fixture
+def laptop(server, request):
+    yield from browser_page(request, {"width": 1366, "height": 768})
 
 
 def plot(page, index=0):
@@ -92,13 +103,18 @@ def wait_for(fn, what, timeout=45):
     raise AssertionError(f"timed out waiting for {what}; last: {last}")
 
 
-def pick(page, label, option):
-    """Choose an option in a Streamlit selectbox. Scroll first: the combobox's popover closes when the
-    page scrolls, which a click on an element below the fold would do. Retried while the page reruns."""
+def open_picker(page, label):
+    """Open a Streamlit selectbox. Scroll first: the combobox's popover closes when the page scrolls,
+    which a click on an element below the fold would do."""
     box = page.locator("[data-testid='stSelectbox']").filter(has_text=label)
     box.scroll_into_view_if_needed()
+    box.get_by_role("button", name="Open").click()  # the combobox's own toggle
+
+
+def pick(page, label, option):
+    """Choose an option in a Streamlit selectbox, retried while the page reruns."""
     for _ in range(5):
-        box.get_by_role("button", name="Open").click()  # the combobox's own toggle
+        open_picker(page, label)
         opt = page.get_by_role("option", name=option)
         try:
             opt.first.wait_for(timeout=2000)
@@ -108,6 +124,26 @@ def pick(page, label, option):
         opt.first.click()
         return
     raise AssertionError(f"could not choose {option!r} in {label!r}")
+
+
+def offers(page, label, option) -> bool:
+    """Whether the selectbox lists `option` now (opened and closed again, nothing chosen)."""
+    open_picker(page, label)
+    try:
+        page.get_by_role("option", name=option).first.wait_for(timeout=1000)
+        return True
+    except Exception:
+        return False
+    finally:
+        page.keyboard.press("Escape")
+
+
+def checkpoints(db, where="1"):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(f"SELECT id, step, label FROM checkpoints WHERE {where} ORDER BY id").fetchall()
+    finally:
+        con.close()
 
 
 def trace(fig, name):
@@ -133,29 +169,33 @@ def test_babysitting_session(server, page):
     first = wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > 0 and t, "the first loss points")
     wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > first["n"], "the curve to grow")
 
-    page.get_by_label("Learning rate", exact=True).fill("0.05")
-    page.get_by_role("button", name="Apply", exact=True).click()
-    wait_for(lambda: any("lr 0.1 → 0.05" in a for a in plot(page)["annotations"]), "the lr marker")
-    wait_for(lambda: 0.05 in trace(plot(page), "lr")["y"], "the lr timeline")
-
     page.get_by_label("Checkpoint label").fill("e2e-save")
     page.get_by_role("button", name="Save checkpoint", exact=True).click()
     db = server["run_dir"] / "journal.sqlite"
+    cid, step, _ = wait_for(lambda: checkpoints(db, "label = 'e2e-save'"), "the labelled checkpoint")[0]
 
-    def saved():
-        con = sqlite3.connect(db)
-        try:
-            return con.execute("SELECT id, step FROM checkpoints WHERE label = 'e2e-save'").fetchone()
-        finally:
-            con.close()
+    sidebar = page.locator("[data-testid='stSidebar']")
+    lr = sidebar.get_by_label("Learning rate", exact=True)
+    lr.fill("0.05")
+    lr.press("Enter")  # Enter applies
+    wait_for(lambda: any("lr 0.1 → 0.05" in a for a in plot(page)["annotations"]), "the lr marker")
+    wait_for(lambda: 0.05 in trace(plot(page), "lr")["y"], "the lr timeline")
 
-    cid, step = wait_for(saved, "the labelled checkpoint")
-    page.get_by_role("button", name="Pause", exact=True).click()  # a full rerun, so the picker lists it
-    expect(page.get_by_text("paused", exact=True).first).to_be_visible()
-    page.get_by_role("button", name="Resume", exact=True).click()
+    # The restore picker refreshes while training: an automatic checkpoint saved after the page was
+    # last drawn whole (the Apply above) can be picked without touching anything.
+    auto = wait_for(lambda: [c for c in checkpoints(db, f"id > {cid} AND kind = 'auto'")], "an automatic checkpoint")
+    wait_for(lambda: offers(page, "Checkpoint", f"#{auto[0][0]} "), "the picker to list it", timeout=30)
+
     pick(page, "Checkpoint", f"#{cid} ")
+    form = page.locator("[data-testid='stForm']").filter(has_text="Restoring brings back")
+    expect(form).to_contain_text("learning rate 0.1")  # what the checkpoint brings back
+    override = form.get_by_label("Learning rate", exact=True)
+    override.fill("0.07")
+    time.sleep(6)  # a refresh of the restore panel must not wipe a value being typed
+    expect(override).to_have_value("0.07")
     page.get_by_role("button", name="Restore", exact=True).click()
     wait_for(lambda: trace(plot(page), "abandoned branch"), "a faded branch")
+    expect(lr).to_have_value("0.07")  # the sidebar shows the live value after the restore
 
     page.get_by_role("button", name="Pause", exact=True).click()
     expect(page.get_by_text("paused", exact=True).first).to_be_visible()
@@ -168,14 +208,28 @@ def test_babysitting_session(server, page):
     page.screenshot(path=str(ARTIFACTS / "babysitting-session.png"))
 
 
+def test_apply_is_in_view_on_a_laptop_screen(server, laptop):
+    from playwright.sync_api import expect
+
+    laptop.goto(server["url"])
+    laptop.wait_for_selector(".js-plotly-plot")
+    apply = laptop.locator("[data-testid='stSidebar']").get_by_role("button", name="Apply", exact=True)
+    expect(apply).to_be_visible()
+    box = apply.bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= 768, box
+    ARTIFACTS.mkdir(exist_ok=True)
+    laptop.screenshot(path=str(ARTIFACTS / "laptop-1366x768.png"))
+
+
 def test_shutdown_flushes_and_checkpoints(server):
     proc = server["proc"]
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     con = sqlite3.connect(server["run_dir"] / "journal.sqlite")
-    last = con.execute("SELECT kind, message FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    events = con.execute("SELECT kind, message FROM events ORDER BY id").fetchall()
     final = con.execute("SELECT kind, step FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
     steps = con.execute("SELECT MAX(step) FROM steps WHERE branch = 1").fetchone()[0]
     con.close()
-    assert last[0] == "stopped" and "closing" in last[1]
+    last = [(kind, msg) for kind, msg in events if kind != "checkpoint"][-1]  # a checkpoint's event may come last
+    assert last[0] == "close" or (last[0] == "stopped" and "closing" in last[1]), events[-5:]
     assert final == ("final", steps)

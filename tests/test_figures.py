@@ -125,5 +125,28 @@ def test_boundary_picture_blends_class_colours():
 
 
 def test_accuracy_figure_has_train_and_val():
-    fig = figures.accuracy_figure([{"step": 10, "train_acc": 0.5, "val_acc": 0.4}])
+    fig = figures.metric_figure([{"step": 10, "train_acc": 0.5, "val_acc": 0.4}], "acc")
     assert [t.name for t in fig.data] == ["train", "val"] and fig.layout.yaxis.tickformat == ".0%"
+    assert fig.layout.title.text == "accuracy"
+
+
+def test_a_plugin_metric_gets_its_own_figure():
+    fig = figures.metric_figure([{"step": 10, "train_mae": 0.5, "val_mae": 0.4, "val_acc": None},
+                                 {"step": 20, "train_mae": 0.3, "val_mae": 0.35}], "mae")
+    assert [(t.name, list(t.y)) for t in fig.data] == [("train", [0.5, 0.3]), ("val", [0.4, 0.35])]
+    assert fig.layout.title.text == "MAE" and fig.layout.yaxis.range is None  # not a 0-100 % axis
+
+
+def test_only_hparam_changes_and_restores_are_markers():
+    ev = [{"kind": k, "step": 10, "message": k, "data": {"checkpoint": 1, "branch": 0}}
+          for k in ("open", "create", "pause", "resume", "skip", "limit", "stopped")]
+    assert figures.marker_labels(ev) == {}
+    fig = figures.loss_figure(rows(), events=ev)
+    assert not fig.layout.annotations and not fig.layout.shapes
+
+
+def test_thinning_keeps_the_first_every_kth_and_the_last():
+    r = list(range(3001))
+    out = figures.thin(r, 1000)
+    assert out[0] == 0 and out[-1] == 3000 and 500 < len(out) <= 1001
+    assert out[:3] == [0, 4, 8] and figures.thin(r[:10], 1000) == r[:10]
