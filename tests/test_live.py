@@ -204,3 +204,12 @@ def test_sync_free_guard_used_on_cuda_skips_the_bad_step(make):
     ref.model.calls = 37  # its 37th forward (the NaN one) was skipped with the batch
     run_to(ref, 36 + (t.step - 37))
     assert torch.equal(ref.model.lin.weight, t.model.lin.weight) and torch.equal(ref.model.lin.bias, t.model.lin.bias)
+
+
+def test_the_published_status_shows_an_error_at_once(make):
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0)
+    assert t.set_max_steps(100).wait().ok
+    t.start().wait()
+    assert t.wait(30)
+    st = t.status()
+    assert st.state == "error" and "step 37" in st.error and "pause" not in st.accepts and st.step == 36

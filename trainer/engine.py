@@ -166,7 +166,7 @@ class Trainer:
         self.journal = Journal(self.run_dir / "journal.sqlite")
         self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
         self.info = RunInfo(run_dir=str(self.run_dir), task=cfg.task, task_name=self.task.name,
-                            optimizer=cfg.optimizer, device=str(self.device), n_train=self.n_train,
+                            optimizer=cfg.optimizer, nesterov=cfg.nesterov, device=str(self.device), n_train=self.n_train,
                             ckpt_every=cfg.ckpt_every, metrics=tuple(self.task.metrics),
                             has_grid=self.task.grid is not None, points=_points(self.task))
         self.journal.start_writer()
@@ -725,6 +725,7 @@ class Trainer:
     def _fail(self, message: str, detail: str | None = None) -> None:
         self.state, self.error = "error", message
         self._event("error", message, {"traceback": detail} if detail else None)
+        self._publish()
 
     def _event(self, kind: str, message: str, data: Any = None) -> None:
         self.journal.event(self.step, self.branch, kind, message, data)

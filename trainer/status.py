@@ -22,6 +22,7 @@ class RunInfo:
     task: str
     task_name: str
     optimizer: str
+    nesterov: bool
     device: str
     n_train: int
     ckpt_every: int
