@@ -83,7 +83,8 @@ def trainer_run(task_name: str, steps: int, device: str, root: str, seed: int = 
     t.start()
     t.wait()
     rate = steps / (time.perf_counter() - t0)
-    assert t.step == warm + steps and t.state == "done", (t.step, t.state, t.error)
+    st = t.status()
+    assert st.step == warm + steps and st.state == "done", (st.step, st.state, st.error)
     t.close()
     return rate
 
