@@ -213,3 +213,20 @@ def test_the_published_status_shows_an_error_at_once(make):
     assert t.wait(30)
     st = t.status()
     assert st.state == "error" and "step 37" in st.error and "pause" not in st.accepts and st.step == 36
+
+
+def test_wait_covers_a_command_taken_but_not_yet_applied(make, monkeypatch):
+    """wait() used to return while a start was off the queue but not applied: the CLI then exited 0."""
+    from trainer import Trainer
+    real = Trainer._cmd_start
+
+    def slow_start(self):
+        time.sleep(0.3)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "_cmd_start", slow_start)
+    t = make(max_steps=0)
+    t.start()
+    time.sleep(0.05)  # the command is being applied now
+    assert not t.wait(0.1)  # neither at rest nor answered yet
+    assert t.wait(5) is False and t.status().state == "running"

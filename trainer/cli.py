@@ -105,7 +105,10 @@ def _cmd_run(a) -> None:
                     device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every)
     t = Trainer.create(cfg, _hparams(a))
     print(f"run {run_dir}: task {a.task} on {t.status().run.device}", file=sys.stderr)
-    t.start()
+    r = t.start().wait()
+    if not r.ok:
+        t.close()
+        raise CliError(r.message)
     _progress(t)
 
 

@@ -119,6 +119,7 @@ class Trainer:
         self._cmds: collections.deque[Command] = collections.deque()
         self._cond = threading.Condition()
         self._accepting = True
+        self._applying = False  # commands taken off the queue and not yet answered
         self._shut = threading.Lock()
         self._status: Status | None = None
         self._version = 0
@@ -283,7 +284,8 @@ class Trainer:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until training is not running (done, paused, stopped, error); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.state != "running" and not self._cmds, timeout)
+            return self._cond.wait_for(lambda: self.state != "running" and not self._cmds and not self._applying,
+                                       timeout)
 
     def close(self) -> None:
         """Stop training (final checkpoint), end the thread, commit the journal and release the run.
@@ -471,6 +473,7 @@ class Trainer:
             with self._cond:
                 cmds = list(self._cmds)
                 self._cmds.clear()
+                self._applying = bool(cmds)
             if cmds:
                 self._unpark_rng()
                 results = [self._apply(cmd) for cmd in cmds]
@@ -483,6 +486,7 @@ class Trainer:
                 for cmd, res in zip(cmds, results):
                     cmd.finish(res)
             with self._cond:
+                self._applying = False
                 if self._cmds:
                     continue
                 if self.state == "running":
