@@ -5,7 +5,7 @@ import time
 import torch
 
 from conftest import PLUGINS, assert_same_state, run_to
-from trainer import THREAD_NAME, snapshot as ckpt
+from trainer import THREAD_NAME
 from trainer.data import Batches
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_to
-from trainer import RunConfig, RunLockedError, Trainer
+from trainer import RunLockedError, Trainer
 from trainer.commands import ACCEPTS
 
 

@@ -8,7 +8,7 @@ import sys
 import time
 
 from conftest import ROOT, assert_same_state, run_to
-from trainer import Reader, RunConfig, Trainer
+from trainer import Reader, Trainer
 from trainer import snapshot as ckpt
 
 

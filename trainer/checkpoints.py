@@ -50,7 +50,8 @@ class CheckpointStore:
 
     def save(self, snap: dict, *, step: int, epoch: int, branch: int, train_loss: float | None,
              val_loss: float | None, kind: str, label: str | None) -> int:
-        """Keep `snap` (a fresh capture, owned from now on by the store) in the ring and queue its file and row; returns the new checkpoint id."""
+        """Keep `snap` (a fresh capture, owned by the store from now on) in the ring and queue its file
+        and row; returns the new checkpoint id."""
         cid, self._next = self._next, self._next + 1
         with self._lock:
             self._ring[cid] = snap
@@ -60,7 +61,8 @@ class CheckpointStore:
         row = CheckpointRow(cid, step, epoch, branch, rel, time.time(), train_loss, val_loss,
                             json.dumps(snap["hparams"]), label, kind, snap["lineage"]["parent_checkpoint"])
         message = f"checkpoint {cid} saved at step {step}" + (f" ({label})" if label else "")
-        event = Journal.event_row(step, branch, "checkpoint", message, {"checkpoint": cid, "kind": kind, "label": label})
+        event = Journal.event_row(step, branch, "checkpoint", message,
+                                  {"checkpoint": cid, "kind": kind, "label": label})
 
         def write(journal: Journal) -> None:  # on the writer thread, after the steps before it committed
             snapshot.save_file(snap, self.run_dir / rel)

@@ -9,6 +9,7 @@ import collections
 import inspect
 import json
 import math
+import random
 import shutil
 import threading
 import time
@@ -16,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import snapshot
@@ -144,9 +146,6 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)  # OpenMP keeps this per thread: it binds the training thread
-        import random
-
-        import numpy as np
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -167,8 +166,8 @@ class Trainer:
         self.journal = Journal(self.run_dir / "journal.sqlite")
         self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
         self.info = RunInfo(run_dir=str(self.run_dir), task=cfg.task, task_name=self.task.name,
-                            optimizer=cfg.optimizer, nesterov=cfg.nesterov, device=str(self.device), n_train=self.n_train,
-                            ckpt_every=cfg.ckpt_every, metrics=tuple(self.task.metrics),
+                            optimizer=cfg.optimizer, nesterov=cfg.nesterov, device=str(self.device),
+                            n_train=self.n_train, ckpt_every=cfg.ckpt_every, metrics=tuple(self.task.metrics),
                             has_grid=self.task.grid is not None, points=_points(self.task))
         self.journal.start_writer()
         self._publish()
