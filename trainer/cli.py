@@ -1,4 +1,4 @@
-"""Headless CLI: `python -m trainer run|resume|checkpoints|export`."""
+"""Headless CLI: `python -m trainer run|resume|ctl|checkpoints|export`."""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from .config import OPTIMIZERS, ConfigError, RunConfig
-from .engine import RunExistsError, Trainer, resume_point
 from .hparams import HParamError, field_specs
 from .journal import JournalError, Reader
 from .runlock import RunLockedError
-from .snapshot import CheckpointError
-from .tasks import TaskError
+
+# The engine, tasks and snapshots import torch (~2 s): only the commands that train or read
+# checkpoints import them, so `ctl` stays quick.
 
 
 class CliError(Exception):
@@ -42,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m trainer", description="Panda's headless trainer.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="start a new run")
+    r = sub.add_parser("run", help="start a new run; its process serves it to `ctl` and the dashboard")
     r.add_argument("--task", default="spirals", help="spirals[:C], digits, quadratic, module:function or "
                                                      "file.py:function (default: spirals)")
     r.add_argument("--run-dir", help="run directory (default: runs/<task>-<time>)")
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default: 200)")
     r.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (default: 100)")
     _hparam_args(r)
-    s = sub.add_parser("resume", help="continue a run from its latest checkpoint or another one")
+    s = sub.add_parser("resume", help="continue a run from its latest checkpoint or another one, served like run")
     s.add_argument("--run-dir", required=True)
     s.add_argument("--from", dest="from_", type=int, help="checkpoint id (default: latest of current branch)")
     s.add_argument("--max-steps", type=int, help="global step to stop at")
@@ -68,12 +68,72 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--run-dir", required=True)
     e.add_argument("--format", choices=("csv", "parquet"), default="csv")
     e.add_argument("--out", required=True)
+    _ctl_parser(sub)
     return p
 
 
-def _progress(t: Trainer) -> None:
-    """Train until the run comes to rest, with a progress bar (steps/s, loss). Ctrl-C or SIGTERM
-    stops cleanly (final checkpoint); an error, a failed write included, exits non-zero."""
+def _ctl_parser(sub) -> None:
+    # --run-dir, --json and --timeout go before or after the action: `ctl --run-dir D status --json`.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--run-dir", default=argparse.SUPPRESS, help="the run directory of a live trainer")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+    common.add_argument("--timeout", type=float, default=argparse.SUPPRESS,
+                        help="seconds to wait for the command's result (default: 30)")
+    c = sub.add_parser("ctl", parents=[common], help="control a live run: status, pause, set --lr ...",
+                       description="Control the process that trains a run. Exit 0: applied; 1: rejected; "
+                                   "2: bad arguments or no live trainer; 3: no result within --timeout.")
+    acts = c.add_subparsers(dest="action", required=True)
+    acts.add_parser("status", parents=[common], help="state, step, epoch, branch, lr, loss, last checkpoint")
+    for name, what in (("pause", "pause after the current step"), ("resume", "resume a paused run"),
+                       ("stop", "stop the run (final checkpoint); its process exits")):
+        acts.add_parser(name, parents=[common], help=what)
+    a = acts.add_parser("save", parents=[common], help="save a checkpoint now")
+    a.add_argument("--label", help="a label for the checkpoint")
+    a = acts.add_parser("restore", parents=[common], help="continue from checkpoint ID (a new branch)")
+    a.add_argument("checkpoint", type=int, metavar="ID", help="checkpoint id (see `checkpoints`)")
+    a.add_argument("--skip-batches", type=int, default=0, help="skip the next K batches after restoring")
+    _hparam_args(a)
+    a = acts.add_parser("set", parents=[common], help="change hyperparameters from the next step on")
+    _hparam_args(a)
+    a = acts.add_parser("limit", parents=[common], help="set the step limit (0 = none)")
+    a.add_argument("max_steps", type=int, metavar="N")
+    a = acts.add_parser("skip", parents=[common], help="skip the next K batches")
+    a.add_argument("batches", type=int, metavar="K")
+
+
+def _train(t) -> None:
+    """Serve the run (trainer/server.py), start it, and show its progress until it ends; the server
+    stops and the trainer closes on every path, the server first, while the run lock is still held."""
+    server = None
+    try:
+        server = _serve(t)
+        r = t.start().wait()
+        if not r.ok:
+            raise CliError(r.message)
+        err = _progress(t)
+    finally:
+        if server is not None:
+            server.stop()
+        t.close()  # raises JournalError if the last writes fail
+    if err:
+        raise CliError(f"training error: {err}")
+
+
+def _serve(t):
+    from .server import RunServer
+
+    try:
+        return RunServer(t).start()
+    except OSError as e:  # e.g. a file system without Unix sockets: train as before, unreachable
+        print(f"warning: run {t.status().run.run_dir} is not served ({e}); `ctl` and the dashboard "
+              "cannot reach it, training goes on", file=sys.stderr)
+        return None
+
+
+def _progress(t) -> str | None:
+    """Train until the run ends, with a progress bar (steps/s, loss); return its error, if any.
+    A run paused from `ctl` keeps its process, serving, until it is resumed or stopped. Ctrl-C or
+    SIGTERM stops cleanly (final checkpoint)."""
     from tqdm import tqdm
 
     st = t.status()
@@ -81,38 +141,39 @@ def _progress(t: Trainer) -> None:
 
     def show():
         st = t.status()
+        if (st.max_steps or None) != bar.total:  # `ctl limit` moved it
+            bar.total = st.max_steps or None
         bar.set_postfix(loss=f"{st.loss:.4g}" if st.loss is not None else "-", refresh=False)
         bar.update(st.step - bar.n)
 
     signal.signal(signal.SIGTERM, lambda *_: t.stop())
     try:
-        while not t.wait(0.25):
+        while not (t.wait(0.25) and t.status().state != "paused"):
             show()
+            if t.status().state == "paused":
+                time.sleep(0.25)
     except KeyboardInterrupt:
         t.stop().wait()
     finally:
         show()
         bar.close()
-    err = t.status().error
-    t.close()  # raises JournalError if the last writes fail
-    if err:
-        raise CliError(f"training error: {err}")
+    return t.status().error
 
 
 def _cmd_run(a) -> None:
+    from .engine import Trainer
+
     run_dir = a.run_dir or f"runs/{a.task.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = RunConfig(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
                     device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every)
     t = Trainer.create(cfg, _hparams(a))
     print(f"run {run_dir}: task {a.task} on {t.status().run.device}", file=sys.stderr)
-    r = t.start().wait()
-    if not r.ok:
-        t.close()
-        raise CliError(r.message)
-    _progress(t)
+    _train(t)
 
 
 def _cmd_resume(a) -> None:
+    from .engine import Trainer, resume_point
+
     # Checked before the run is opened, so a rejected resume changes nothing in it.
     reader = _reader(a.run_dir)
     meta = reader.meta()
@@ -127,14 +188,86 @@ def _cmd_resume(a) -> None:
     st = t.status()
     how = f"from checkpoint {row['id']}" if row else "from step 0 (no checkpoint was saved before it stopped)"
     print(f"run {a.run_dir}: resumed at step {st.step} {how}, on branch {st.branch}", file=sys.stderr)
-    r = t.start().wait()
-    if not r.ok:
-        t.close()
-        raise CliError(r.message)
-    _progress(t)
+    _train(t)
+
+
+def _cmd_ctl(a) -> int:
+    """One command to the process that trains a run; exit 0 applied, 1 rejected, 2 no trainer, 3 no answer."""
+    from .client import NoTrainerError, RunClient
+
+    # Not set_defaults: the flags' actions are shared with every action's parser (parents=[common]).
+    a.run_dir, a.json, a.timeout = getattr(a, "run_dir", None), getattr(a, "json", False), getattr(a, "timeout", 30.0)
+    if a.run_dir is None:
+        return _fail("ctl: --run-dir is required")
+    args = _ctl_command(a)
+    if isinstance(args, str):
+        return _fail(args)
+    kind, kw = args
+    try:
+        with RunClient(a.run_dir) as c:
+            if kind == "status":
+                st = c.status()
+            else:
+                r = c.submit(kind, **kw).wait(a.timeout)
+    except TimeoutError as e:
+        print(f"error: {e}; it may still be applied (see `ctl status`)", file=sys.stderr)
+        return 3
+    except (NoTrainerError, ConnectionError, ValueError, OSError) as e:
+        return _fail(str(e))
+    if kind == "status":
+        print(json.dumps(st.to_dict(), indent=1) if a.json else _describe_status(st))
+        return 0
+    print(json.dumps(r.to_dict()) if a.json else _describe_result(kind, r))
+    return 0 if r.ok else 1
+
+
+def _ctl_command(a) -> tuple[str, dict] | str:
+    """(kind, args) for the action, or what is wrong with the arguments."""
+    if a.action == "set":
+        if not _hparams(a):
+            return "ctl set: give at least one hyperparameter, e.g. --lr 0.05 (see ctl set --help)"
+        return "set_hparams", {"changes": _hparams(a)}
+    if a.action == "save":
+        return "save", {"label": a.label}
+    if a.action == "restore":
+        return "restore", {"checkpoint": a.checkpoint, "hparams": _hparams(a), "skip_batches": a.skip_batches}
+    if a.action == "limit":
+        return "set_max_steps", {"max_steps": a.max_steps}
+    if a.action == "skip":
+        return "skip", {"batches": a.batches}
+    return a.action, {}  # status, pause, resume, stop
+
+
+def _describe_result(kind: str, r) -> str:
+    if r.ok and kind == "save":
+        return f"{r}: checkpoint {r.value}"
+    if r.ok and kind == "restore":
+        return f"{r}: from {r.message}, on branch {r.value}"
+    return str(r)
+
+
+def _describe_status(st) -> str:
+    lines = [f"{st.state} at step {st.step}" + (f" of {st.max_steps}" if st.max_steps else "")
+             + f" · epoch {st.epoch} ({st.epoch_progress:.0%}) · branch {st.branch}",
+             f"lr {st.hparams.lr:g} (effective {st.effective_lr:.4g}) · loss "
+             + (f"{st.loss:.4g}" if st.loss is not None else "-") + f" · {st.samples_per_s:,.0f} samples/s",
+             "last checkpoint " + (str(st.last_checkpoint) if st.last_checkpoint is not None else "none")]
+    if st.eval:
+        lines.append("last eval at step " + ", ".join(
+            [str(st.eval["step"])] + [f"{k} {v:.4g}" for k, v in st.eval.items() if k != "step"]))
+    if st.error:
+        lines.append(f"error: {st.error}")
+    return "\n".join(lines)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def _checkpoint_rows(run_dir: str) -> list[dict]:
+    from .snapshot import CheckpointError
+
     j = _reader(run_dir)
     rows = []
     for c in j.checkpoints():
@@ -189,6 +322,12 @@ def _cmd_export(a) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    if a.cmd == "ctl":
+        return _cmd_ctl(a)
+    from .engine import RunExistsError
+    from .snapshot import CheckpointError
+    from .tasks import TaskError
+
     try:
         {"run": _cmd_run, "resume": _cmd_resume, "checkpoints": _cmd_checkpoints, "export": _cmd_export}[a.cmd](a)
     except (CliError, ConfigError, HParamError, TaskError, CheckpointError, RunExistsError, RunLockedError,
