@@ -346,3 +346,15 @@ def test_a_run_that_cannot_be_served_trains_with_a_warning(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "is not served (" in r.stderr and "training goes on" in r.stderr, r.stderr
     assert run_state(tmp_path / "r") == "finished"
+
+
+def test_a_deep_run_directory_is_served(make):
+    """Unix socket paths hold at most 107 bytes; a deeper run directory is still served."""
+    t = make("deep/" + "d" * 60 + "/" + "e" * 60)
+    srv = RunServer(t).start()
+    try:
+        assert len(str(srv.run_dir / SOCKET)) > 107
+        with RunClient(srv.run_dir) as c:
+            assert c.set_hparams(lr=0.05).wait(10).ok and c.status().hparams.lr == 0.05
+    finally:
+        srv.stop()
