@@ -18,6 +18,7 @@ def run_to(t: Trainer, step: int, timeout: float = 120) -> None:
     assert r.ok or t.step == step, r
     assert t.wait(timeout), "training did not come to rest"
     assert t.step == step, (t.step, t.state, t.error)
+    t.journal.flush()  # its final checkpoint's row too: readers see the run as it came to rest
 
 
 def assert_same_state(a: dict, b: dict) -> None:
