@@ -108,10 +108,14 @@ def restore_panel() -> None:
         st.form_submit_button("Restore", type="primary", on_click=_restore,
                               help="Load this checkpoint and continue from it; the abandoned path stays visible, "
                                    "faded.")
-    path = j.checkpoint_file(c["id"])
     d1, d2 = st.columns(2)
-    d1.download_button("Download checkpoint", data=lambda p=path: p.read_bytes(), file_name=path.name,
-                       mime="application/octet-stream", key="dl_ckpt", width="stretch", on_click="ignore")
+    try:
+        path = j.checkpoint_file(c["id"])
+    except Exception as e:  # retired since the list was read, or a row that leaves the run directory
+        d1.button("Download checkpoint", key="dl_ckpt", width="stretch", disabled=True, help=str(e))
+    else:
+        d1.download_button("Download checkpoint", data=lambda p=path: p.read_bytes(), file_name=path.name,
+                           mime="application/octet-stream", key="dl_ckpt", width="stretch", on_click="ignore")
     d2.download_button("Export metrics (CSV)", data=metrics_csv, file_name=f"{Path(s.run.run_dir).name}-metrics.csv",
                        mime="text/csv", key="dl_csv", width="stretch", on_click="ignore")
     follow_live(s)
