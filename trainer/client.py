@@ -15,7 +15,7 @@ from multiprocessing.connection import AuthenticationError, Client, Connection
 from pathlib import Path
 from typing import Any
 
-from .commands import Result
+from .commands import Controls, Result
 from .hparams import HParams
 from .journal import Reader
 from .runlock import owner
@@ -86,7 +86,7 @@ class RemoteCommand:
             return self.result
 
 
-class RunClient:
+class RunClient(Controls):
     """The Trainer's public API (status, reader, submit and its helpers) for the process that trains
     run_dir. Thread-safe: each call borrows a pooled connection. Raises NoTrainerError when no live
     process serves the run; with `wait`, keeps trying that many seconds first (a trainer starting up)."""
@@ -134,33 +134,6 @@ class RunClient:
         """Queue a command (commands.KINDS) in the trainer; wait() on the answer gives its Result."""
         r = self._call({"op": "submit", "kind": kind, "args": args, "timeout": 0}, retry=False)
         return RemoteCommand(self, kind, r["id"], Result(**r["result"]) if r["result"] else None)
-
-    def start(self) -> RemoteCommand:
-        return self.submit("start")
-
-    def pause(self) -> RemoteCommand:
-        return self.submit("pause")
-
-    def resume(self) -> RemoteCommand:
-        return self.submit("resume")
-
-    def stop(self) -> RemoteCommand:
-        return self.submit("stop")
-
-    def set_hparams(self, **changes) -> RemoteCommand:
-        return self.submit("set_hparams", changes=changes)
-
-    def save_checkpoint(self, label: str | None = None) -> RemoteCommand:
-        return self.submit("save", label=label)
-
-    def restore(self, checkpoint: int, hparams: dict | None = None, skip_batches: int = 0) -> RemoteCommand:
-        return self.submit("restore", checkpoint=checkpoint, hparams=hparams or {}, skip_batches=skip_batches)
-
-    def skip(self, batches: int) -> RemoteCommand:
-        return self.submit("skip", batches=batches)
-
-    def set_max_steps(self, max_steps: int) -> RemoteCommand:
-        return self.submit("set_max_steps", max_steps=max_steps)
 
     def close(self) -> None:
         with self._lock:

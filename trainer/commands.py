@@ -59,3 +59,34 @@ class Command:
         if not self._done.wait(timeout):
             raise TimeoutError(f"command {self.kind} was not applied within {timeout} s")
         return self.result
+
+
+class Controls:
+    """The named commands, for anything with submit(kind, **args): the Trainer and the RunClient."""
+
+    def start(self):
+        return self.submit("start")
+
+    def pause(self):
+        return self.submit("pause")
+
+    def resume(self):
+        return self.submit("resume")
+
+    def stop(self):
+        return self.submit("stop")
+
+    def set_hparams(self, **changes):
+        return self.submit("set_hparams", changes=changes)
+
+    def save_checkpoint(self, label: str | None = None):
+        return self.submit("save", label=label)
+
+    def restore(self, checkpoint: int, hparams: dict | None = None, skip_batches: int = 0):
+        return self.submit("restore", checkpoint=checkpoint, hparams=hparams or {}, skip_batches=skip_batches)
+
+    def skip(self, batches: int):
+        return self.submit("skip", batches=batches)
+
+    def set_max_steps(self, max_steps: int):
+        return self.submit("set_max_steps", max_steps=max_steps)

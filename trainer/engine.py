@@ -22,7 +22,7 @@ import torch
 
 from . import snapshot
 from .checkpoints import CheckpointStore
-from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Result
+from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Controls, Result
 from .config import RunConfig
 from .data import Batches, all_batches
 from .hparams import HParamError, HParams, decayed_lr, to_dict, validate
@@ -82,7 +82,7 @@ def resume_point(reader: Reader, branch: int, checkpoint: int | None = None) -> 
     return max(on, key=lambda c: (c["step"], c["id"])) if on else None
 
 
-class Trainer:
+class Trainer(Controls):
     """Trains one model in a named daemon thread. Every control method returns a Command whose
     `wait()` gives a Result: "applied at step N" or "rejected: reason". Read `status()` and
     `reader()`; everything else is the training thread's."""
@@ -252,33 +252,6 @@ class Trainer:
             self._cmds.append(cmd)
             self._cond.notify_all()
         return cmd
-
-    def start(self) -> Command:
-        return self.submit("start")
-
-    def pause(self) -> Command:
-        return self.submit("pause")
-
-    def resume(self) -> Command:
-        return self.submit("resume")
-
-    def stop(self) -> Command:
-        return self.submit("stop")
-
-    def set_hparams(self, **changes) -> Command:
-        return self.submit("set_hparams", changes=changes)
-
-    def save_checkpoint(self, label: str | None = None) -> Command:
-        return self.submit("save", label=label)
-
-    def restore(self, checkpoint: int, hparams: dict | None = None, skip_batches: int = 0) -> Command:
-        return self.submit("restore", checkpoint=checkpoint, hparams=hparams or {}, skip_batches=skip_batches)
-
-    def skip(self, batches: int) -> Command:
-        return self.submit("skip", batches=batches)
-
-    def set_max_steps(self, max_steps: int) -> Command:
-        return self.submit("set_max_steps", max_steps=max_steps)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until training is not running (done, paused, stopped, error); False on timeout."""

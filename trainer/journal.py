@@ -145,8 +145,10 @@ class Reader:
             segs.append((branch, -1, upto))
         return segs[::-1]
 
-    def on_lineage(self, branch: int, step: int, lineage: list | None = None) -> bool:
-        return any(b == branch and after <= step <= upto for b, after, upto in (lineage or self.lineage(branch)))
+    @staticmethod
+    def on_lineage(branch: int, step: int, lineage: list[tuple[int, int, float]]) -> bool:
+        """Whether (branch, step) lies on `lineage`, as lineage() gives it."""
+        return any(b == branch and after <= step <= upto for b, after, upto in lineage)
 
     def _lineage_rows(self, table: str, branch: int, since_step: int, stride: int = 1) -> list[dict]:
         rows: list[dict] = []
