@@ -85,12 +85,6 @@ class CheckpointStore:
             raise CheckpointError(f"checkpoint {cid}: no such checkpoint")
         return snapshot.load_file(contained(self.run_dir, rows[0]["path"]))
 
-    def exists(self, cid: int) -> bool:
-        with self._lock:
-            if cid in self._ring:
-                return True
-        return any(c["id"] == cid for c in self.journal.checkpoints())
-
     def _retain(self, journal: Journal) -> None:
         """Keep the last K automatic checkpoints, every manual or labelled one, and the best by val loss."""
         rows = journal.checkpoints()

@@ -51,10 +51,6 @@ class Command:
         self._done.set()
         return result
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def wait(self, timeout: float | None = 30.0) -> Result:
         if not self._done.wait(timeout):
             raise TimeoutError(f"command {self.kind} was not applied within {timeout} s")
