@@ -97,3 +97,23 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_from_step_0(make,
     ref = make("ref", task="spirals", eval_every=0)
     run_to(ref, 40)
     assert_same_state(ckpt.load_file(reader.checkpoint_file(rows[-1]["id"])), ref._capture())
+
+
+def test_setting_the_same_lr_again_restarts_its_decay_and_survives_a_reopen(make, tmp_path):
+    """Setting lr to its current value makes it alpha0 again (the decay restarts): that changes the
+    state, so closing must checkpoint it. Found by test_model_based: the reopened run had the old
+    schedule epoch, and decayed differently from a run that never closed."""
+    t = make("s", ckpt_every=0, eval_every=0, eval_at_epoch_end=False,
+             hparams={"lr_decay": "inverse-time", "decay_rate": 1.0})
+    run_to(t, 2 * t.status().steps_per_epoch + 1)  # epoch 2: the lr has decayed to 0.1 / 3
+    decayed = t.status().effective_lr
+    assert t.set_hparams(lr=0.1).wait().ok
+    assert t.status().effective_lr == 0.1 > decayed
+    expected = t._capture()
+    t.close()
+    again = Trainer.open(tmp_path / "s")
+    try:
+        assert again.status().effective_lr == 0.1
+        assert again._capture()["schedule"] == expected["schedule"]
+    finally:
+        again.close()

@@ -554,8 +554,9 @@ class Trainer(Controls):
 
     def _change_hparams(self, new: HParams, set_lr: bool) -> None:
         old = self.hp
-        if set_lr:
-            self.lr_set_epoch = self.batches.epoch  # the lr the user sets is alpha0 from this step on
+        if set_lr and self.lr_set_epoch != self.batches.epoch:
+            self.lr_set_epoch = self.batches.epoch  # the lr the user sets is alpha0 from this step on,
+            self._ckpt_at = None                    # even the same lr: its decay starts again
         self.hp = new
         if new != old:
             self._ckpt_at = None  # the live state now differs from the last checkpoint's
