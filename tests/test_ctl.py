@@ -358,3 +358,39 @@ def test_a_deep_run_directory_is_served(make):
             assert c.set_hparams(lr=0.05).wait(10).ok and c.status().hparams.lr == 0.05
     finally:
         srv.stop()
+
+
+def test_a_served_run_waits_ready_and_keeps_serving_after_its_end(tmp_path, capsys):
+    """`run --no-start --keep-serving` (how the dashboard starts trainers): ready until `ctl start`,
+    still served at its step limit (raise it and go on), and `ctl stop` ends the process."""
+    d = tmp_path / "run"
+    with trainer_process(tmp_path, "run", "--task", "quadratic", "--run-dir", d, "--max-steps", 30,
+                         "--no-start", "--keep-serving") as p:
+        c = attach(d, p)
+        time.sleep(0.5)
+        assert c.status().state == "ready" and c.status().step == 0
+        assert ctl(capsys, d, "start")[0] == 0
+        wait_for(lambda: c.status().state == "done", what="the step limit")
+        time.sleep(0.5)
+        assert p.poll() is None and run_state(d) == "live"  # kept serving
+        assert ctl(capsys, d, "limit", 50)[0] == 0 and ctl(capsys, d, "start")[0] == 0
+        wait_for(lambda: c.status().step == 50 and c.status().state == "done", what="the new limit")
+        rc, out, _ = ctl(capsys, d, "stop")
+        assert rc == 0, out
+        assert p.wait(60) == 0
+    assert run_state(d) == "finished" and Reader(d).last_step(0) == 50
+
+
+def test_a_run_no_process_serves_is_read_from_its_journal(tmp_path, make):
+    from trainer.client import offline_status
+
+    t = make("off", task="spirals", ckpt_every=20, eval_every=10, max_steps=45)
+    run_to(t, 45)
+    live = t.status()
+    t.close()
+    s = offline_status(tmp_path / "off")
+    assert (s.state, s.step, s.branch, s.hparams, s.max_steps) == ("finished", 45, 0, live.hparams, 45)
+    assert s.accepts == frozenset() and s.last_checkpoint == live.last_checkpoint
+    assert s.eval["step"] == live.eval["step"] and s.eval["val_loss"] == live.eval["val_loss"]
+    assert (s.run.task_name, s.run.n_train, s.run.metrics) == (live.run.task_name, live.run.n_train, live.run.metrics)
+    assert s.epoch + s.epoch_progress == pytest.approx(live.epoch + live.epoch_progress)

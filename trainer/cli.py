@@ -6,6 +6,7 @@ import csv
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     r.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default: 200)")
     r.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (default: 100)")
+    r.add_argument("--config", type=json.loads, default={}, metavar="JSON",
+                   help="more RunConfig settings as a JSON object, e.g. '{\"keep_last\": 10}' (wins over flags)")
+    _serve_args(r)
     _hparam_args(r)
     s = sub.add_parser("resume", help="continue a run from its latest checkpoint or another one, served like run")
     s.add_argument("--run-dir", required=True)
@@ -60,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, help="global step to stop at")
     s.add_argument("--skip-batches", type=int, default=0, help="skip the next K batches after restoring")
     s.add_argument("--device", help="override the run's device")
+    _serve_args(s)
     _hparam_args(s)
     c = sub.add_parser("checkpoints", help="list a run's checkpoints")
     c.add_argument("--run-dir", required=True)
@@ -70,6 +75,14 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     _ctl_parser(sub)
     return p
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-start", action="store_true",
+                   help="serve the run ready, and wait for `ctl start` (or the dashboard's Start)")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="after the run ends at its step limit or on an error, keep serving it until `ctl stop` "
+                        "(the dashboard starts its trainers so)")
 
 
 def _ctl_parser(sub) -> None:
@@ -84,7 +97,8 @@ def _ctl_parser(sub) -> None:
                                    "2: bad arguments or no live trainer; 3: no result within --timeout.")
     acts = c.add_subparsers(dest="action", required=True)
     acts.add_parser("status", parents=[common], help="state, step, epoch, branch, lr, loss, last checkpoint")
-    for name, what in (("pause", "pause after the current step"), ("resume", "resume a paused run"),
+    for name, what in (("start", "start a run that is ready (see run --no-start)"),
+                       ("pause", "pause after the current step"), ("resume", "resume a paused run"),
                        ("stop", "stop the run (final checkpoint); its process exits")):
         acts.add_parser(name, parents=[common], help=what)
     a = acts.add_parser("save", parents=[common], help="save a checkpoint now")
@@ -101,16 +115,18 @@ def _ctl_parser(sub) -> None:
     a.add_argument("batches", type=int, metavar="K")
 
 
-def _train(t) -> None:
-    """Serve the run (trainer/server.py), start it, and show its progress until it ends; the server
-    stops and the trainer closes on every path, the server first, while the run lock is still held."""
+def _train(t, a) -> None:
+    """Serve the run (trainer/server.py), start it unless --no-start, and show its progress until it
+    ends; the server stops and the trainer closes on every path, the server first, while the run lock
+    is still held."""
     server = None
     try:
         server = _serve(t)
-        r = t.start().wait()
-        if not r.ok:
-            raise CliError(r.message)
-        err = _progress(t)
+        if not a.no_start:
+            r = t.start().wait()
+            if not r.ok:
+                raise CliError(r.message)
+        err = _progress(t, a.keep_serving)
     finally:
         if server is not None:
             server.stop()
@@ -130,14 +146,23 @@ def _serve(t):
         return None
 
 
-def _progress(t) -> str | None:
-    """Train until the run ends, with a progress bar (steps/s, loss); return its error, if any.
-    A run paused from `ctl` keeps its process, serving, until it is resumed or stopped. Ctrl-C or
-    SIGTERM stops cleanly (final checkpoint)."""
+# The states a served process waits in; with --keep-serving also the ends a user can go on from.
+WAITING = ("ready", "paused")
+KEPT = ("done", "error")
+
+
+def _progress(t, keep_serving: bool = False) -> str | None:
+    """Train until the run ends, with a progress bar (steps/s, loss) on a terminal; return its error,
+    if any. A run that is ready or paused keeps its process, serving, until it is started, resumed or
+    stopped (with `keep_serving`, also a finished or failed one). Ctrl-C or SIGTERM stops cleanly (final
+    checkpoint)."""
     from tqdm import tqdm
 
     st = t.status()
-    bar = tqdm(total=st.max_steps or None, initial=st.step, unit="step", dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=st.max_steps or None, initial=st.step, unit="step", dynamic_ncols=True, file=sys.stderr,
+               disable=not sys.stderr.isatty())  # a log file gets the start and end lines only
+    quit_ = threading.Event()
+    first, began = st.step, time.monotonic()
 
     def show():
         st = t.status()
@@ -146,29 +171,46 @@ def _progress(t) -> str | None:
         bar.set_postfix(loss=f"{st.loss:.4g}" if st.loss is not None else "-", refresh=False)
         bar.update(st.step - bar.n)
 
-    signal.signal(signal.SIGTERM, lambda *_: t.stop())
+    # The handler only sets a flag: submitting from a signal handler could wait on a lock its own
+    # thread holds.
+    signal.signal(signal.SIGTERM, lambda *_: quit_.set())
+    waiting = WAITING + (KEPT if keep_serving else ())
     try:
-        while not (t.wait(0.25) and t.status().state != "paused"):
+        while not quit_.is_set():
+            ended = t.wait(0.25)
             show()
-            if t.status().state == "paused":
-                time.sleep(0.25)
+            state = t.status().state
+            if ended and state not in waiting:
+                break
+            if state in waiting:
+                quit_.wait(0.25)
+        if quit_.is_set():
+            t.stop().wait()  # a running or paused run stops; a ready or finished one just ends
     except KeyboardInterrupt:
         t.stop().wait()
     finally:
         show()
         bar.close()
-    return t.status().error
+    st = t.status()
+    rate = (st.step - first) / max(time.monotonic() - began, 1e-9)
+    loss = f"{st.loss:.4g}" if st.loss is not None else "-"
+    print(f"run {st.run.run_dir}: {st.state} at step {st.step} ({rate:,.0f} step/s, loss={loss})", file=sys.stderr)
+    return st.error
 
 
 def _cmd_run(a) -> None:
     from .engine import Trainer
 
     run_dir = a.run_dir or f"runs/{a.task.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = RunConfig(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
-                    device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every)
+    if not isinstance(a.config, dict):
+        raise CliError("--config: give a JSON object of RunConfig settings")
+    flags = dict(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
+                 device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every)
+    cfg = RunConfig.from_dict({**flags, **a.config})
+    run_dir = cfg.run_dir
     t = Trainer.create(cfg, _hparams(a))
-    print(f"run {run_dir}: task {a.task} on {t.status().run.device}", file=sys.stderr)
-    _train(t)
+    print(f"run {run_dir}: task {cfg.task} on {t.status().run.device}", file=sys.stderr)
+    _train(t, a)
 
 
 def _cmd_resume(a) -> None:
@@ -188,7 +230,7 @@ def _cmd_resume(a) -> None:
     st = t.status()
     how = f"from checkpoint {row['id']}" if row else "from step 0 (no checkpoint was saved before it stopped)"
     print(f"run {a.run_dir}: resumed at step {st.step} {how}, on branch {st.branch}", file=sys.stderr)
-    _train(t)
+    _train(t, a)
 
 
 def _cmd_ctl(a) -> int:

@@ -19,7 +19,7 @@ from .commands import Controls, Result
 from .hparams import HParams
 from .journal import Reader
 from .runlock import owner
-from .server import KEY, decode_array, socket_address
+from .server import HEARTBEAT, KEY, decode_array, socket_address
 from .status import Grid, RunInfo, Status, frozen_map
 
 # The events that set a run's state; "close" only says a process let go of it.
@@ -53,10 +53,63 @@ def run_state(run_dir: Path | str) -> str:
         return "live"
     reader = Reader(run_dir)
     try:
-        last = reader.events(kinds=STATE_EVENTS, limit=1, newest_first=True)
+        return _ended_state(reader, reader.meta())
     finally:
         reader.close()
-    return "finished" if last and last[0]["kind"] == "done" else "idle"
+
+
+def _ended_state(reader: Reader, meta: dict) -> str:
+    limit = int(meta["config"].get("max_steps", 0))
+    row = reader.last_row(int(meta.get("branch", 0)))
+    return "finished" if limit and row and row["step"] >= limit else "idle"
+
+
+def offline_status(run_dir: Path | str) -> Status:
+    """A run no process serves, as its journal left it: state "idle" (resumable) or "finished" (it
+    reached its step limit), at its last journaled step. It accepts no commands (`accepts` is empty);
+    resuming starts a trainer process (`python -m trainer resume`). Raises JournalError for no run."""
+    reader = Reader(run_dir)
+    try:
+        meta = reader.meta()
+        cfg, branch = meta["config"], int(meta.get("branch", 0))
+        info = meta.get("run_info") or {}
+        row = reader.last_row(branch)
+        ckpt = reader.resume_point(branch)
+        last = reader.query("SELECT * FROM evals WHERE branch = ? ORDER BY step DESC LIMIT 1", (branch,))
+        ended = reader.events(kinds=STATE_EVENTS, limit=1, newest_first=True)
+        state = _ended_state(reader, meta)
+        created = reader.events(kinds=("create",), limit=1)
+    finally:
+        reader.close()
+    hp = (ckpt or {}).get("hparams") or ((created[0]["data"] or {}).get("hparams") if created else None) or {}
+    hp = HParams(**{k: v for k, v in hp.items() if k in HParams.__dataclass_fields__})
+    ev = None
+    if last:
+        e = last[0]
+        ev = {"step": e["step"], **{k: e[k] for k in ("val_loss", "val_acc", "train_loss", "train_acc")
+                                    if e[k] is not None}, **json.loads(e["extra"] or "{}")}
+    epoch = row["epoch"] if row else 0.0
+    error = ended[0]["message"] if ended and ended[0]["kind"] == "error" else None
+    run = RunInfo(run_dir=str(run_dir), task=cfg["task"], task_name=info.get("task_name", cfg["task"]),
+                  optimizer=cfg.get("optimizer", "sgd"), nesterov=bool(cfg.get("nesterov")),
+                  device=info.get("device", cfg.get("device", "auto")), n_train=int(info.get("n_train", 0)),
+                  ckpt_every=int(cfg.get("ckpt_every", 0)), metrics=tuple(info.get("metrics", ())),
+                  has_grid=False, points=None)  # the decision-boundary picture needs the live model
+    return Status(state=state, error=error, step=row["step"] if row else 0, epoch=int(epoch),
+                  epoch_progress=epoch - int(epoch), steps_per_epoch=int(info.get("steps_per_epoch", 0)),
+                  branch=branch, hparams=hp, effective_lr=row["lr"] if row else hp.lr,
+                  loss=row["loss"] if row else None, samples_per_s=0.0, max_steps=int(cfg.get("max_steps", 0)),
+                  last_checkpoint=ckpt["id"] if ckpt else None, eval=frozen_map(ev), grid=None,
+                  accepts=frozenset(), run=run)
+
+
+def last_heartbeat(run_dir: Path | str) -> dict | None:
+    """The heartbeat a trainer process left: pid, host, started, step, state, last_step_wall, updated.
+    A served run has one; one found beside no live trainer means that process died without closing."""
+    try:
+        return json.loads((Path(run_dir) / HEARTBEAT).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _no_trainer(run_dir: Path | str) -> NoTrainerError:

@@ -13,12 +13,12 @@ from typing import Any
 STATES = ("ready", "running", "paused", "error", "stopped", "done", "closed")
 _ALWAYS = ("set_hparams", "restore", "set_max_steps")
 ACCEPTS: dict[str, frozenset[str]] = {
-    "ready": frozenset({"start", "save", "skip", *_ALWAYS}),
+    "ready": frozenset({"start", "stop", "save", "skip", *_ALWAYS}),
     "running": frozenset({"pause", "stop", "save", "skip", *_ALWAYS}),
     "paused": frozenset({"resume", "stop", "save", "skip", *_ALWAYS}),
     "error": frozenset({"resume", "stop", *_ALWAYS}),  # no checkpoint is ever taken from a failed state
     "stopped": frozenset({"start", "save", "skip", *_ALWAYS}),
-    "done": frozenset({"start", "save", "skip", *_ALWAYS}),
+    "done": frozenset({"start", "stop", "save", "skip", *_ALWAYS}),  # stop: its served process exits
     "closed": frozenset(),
 }
 KINDS = ("start", "pause", "resume", "stop", "set_hparams", "save", "restore", "set_max_steps", "skip")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+BUILTIN_TASKS = ("spirals", "digits", "quadratic")  # trainer/tasks.py builds them; named here without torch
 
 
 class ConfigError(ValueError):

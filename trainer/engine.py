@@ -6,6 +6,7 @@ write side. Other threads send commands (data) and read the Status it publishes,
 from __future__ import annotations
 
 import collections
+import dataclasses
 import inspect
 import json
 import math
@@ -71,15 +72,12 @@ def build_optimizer(cfg: RunConfig, params, hp: HParams, fused: bool = False) ->
 def resume_point(reader: Reader, branch: int, checkpoint: int | None = None) -> dict | None:
     """The checkpoint a resume starts from: `checkpoint`, or the newest on `branch`'s lineage
     (None: no checkpoint there, the run restarts from step 0). Raises CheckpointError if unknown."""
-    rows = reader.checkpoints()
     if checkpoint is not None:
-        mine = [c for c in rows if c["id"] == checkpoint]
+        mine = [c for c in reader.checkpoints() if c["id"] == checkpoint]
         if not mine:
             raise CheckpointError(f"checkpoint {checkpoint}: no such checkpoint")
         return mine[0]
-    lineage = reader.lineage(branch)
-    on = [c for c in rows if reader.on_lineage(c["branch"], c["step"], lineage)]
-    return max(on, key=lambda c: (c["step"], c["id"])) if on else None
+    return reader.resume_point(branch)
 
 
 class Trainer(Controls):
@@ -194,6 +192,7 @@ class Trainer(Controls):
         """A new run in config.run_dir (which must not hold a run already)."""
         t = cls(config, hparams, task=task, _new=True)
         t.journal.set_meta("config", config.to_dict())
+        t.journal.set_meta("run_info", t._run_info())
         t.journal.set_meta("branch", 0)
         t.journal.add_branch(0, None, 0, "start", None)
         t.journal.event(0, 0, "create", f"new run: task {config.task}, optimizer {config.optimizer}",
@@ -224,6 +223,11 @@ class Trainer(Controls):
             t.close()
             raise CheckpointError(res.message)
         return t
+
+    def _run_info(self) -> dict:
+        """What a reader shows of a run no process serves (client.offline_status)."""
+        return {k: v for k, v in dataclasses.asdict(self.info).items() if k != "points"} | {
+            "steps_per_epoch": self.batches.batches_per_epoch(self.hp.batch_size)}
 
     # --- the public API (any thread) --------------------------------------------------------------
     def status(self) -> Status:
@@ -607,6 +611,8 @@ class Trainer(Controls):
             res = self._restore(None, hparams, skip, "restart")
         if res.ok and config_changed:
             self.journal.set_meta("config", self.cfg.to_dict())
+        if res.ok:
+            self.journal.set_meta("run_info", self._run_info())
         return res
 
     def _restore(self, cid: Any, changes: dict, skip: Any, reason: str) -> Result:

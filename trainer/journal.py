@@ -238,6 +238,21 @@ class Reader:
             raise JournalError(f"checkpoint {cid}: no such checkpoint")
         return contained(self.run_dir, rows[0]["path"])
 
+    def resume_point(self, branch: int) -> dict | None:
+        """The newest checkpoint on `branch`'s lineage: where a resume starts (None: from step 0)."""
+        lineage = self.lineage(branch)
+        on = [c for c in self.checkpoints() if self.on_lineage(c["branch"], c["step"], lineage)]
+        return max(on, key=lambda c: (c["step"], c["id"])) if on else None
+
+    def last_row(self, branch: int) -> dict | None:
+        """The newest step row of `branch`'s lineage."""
+        for b, _, upto in reversed(self.lineage(branch)):
+            hi = 2 ** 62 if upto == float("inf") else upto
+            rows = self.query("SELECT * FROM steps WHERE branch = ? AND step <= ? ORDER BY step DESC LIMIT 1", (b, hi))
+            if rows:
+                return rows[0]
+        return None
+
     def last_step(self, branch: int) -> int:
         r = self.query("SELECT MAX(step) AS s FROM steps WHERE branch = ?", (branch,))
         return r[0]["s"] or 0

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
+from .config import BUILTIN_TASKS
 from .data import check_size
 from .hparams import HParamError, HParams, validate
 
@@ -135,7 +136,7 @@ def quadratic(coefficients: tuple[float, float, float] = (1.0, -10.0, 25.0), see
     )
 
 
-BUILTINS: dict[str, Callable[..., Task]] = {"spirals": spirals, "digits": digits, "quadratic": quadratic}
+BUILTINS: dict[str, Callable[..., Task]] = dict(zip(BUILTIN_TASKS, (spirals, digits, quadratic), strict=True))
 
 
 def _parse_builtin(spec: str) -> tuple[str, dict]:
