@@ -1,10 +1,13 @@
-"""Small helpers the panels share: the trainer for this server, its status and journal reader, and
-messages that survive a rerun."""
+"""Small helpers the panels share: this session's run, its status and journal reader, and messages
+that survive a rerun."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
-from trainer import Reader, Result, Status, Trainer
+from trainer import Reader, Result, Status
+from trainer.client import RunClient
 
 from . import runtime
 
@@ -13,21 +16,32 @@ from . import runtime
 _READERS: dict[str, Reader] = {}
 
 
-def trainer() -> Trainer:
-    args = st.session_state.get("_args", {})
-    return runtime.current(task=args.get("task", "spirals"), run_dir=args.get("run_dir"))
+def run_dir() -> Path:
+    """The run this session shows; chosen once per session (runtime.pick_run), changed by the runs panel."""
+    d = st.session_state.get("_run_dir")
+    if d is None:
+        d = st.session_state["_run_dir"] = str(runtime.pick_run(st.session_state.get("_args", {})))
+    return Path(d)
+
+
+def show_run(d: Path | str) -> None:
+    st.session_state["_run_dir"] = str(Path(d).resolve())
+
+
+def trainer() -> RunClient | runtime.Detached:
+    """The run's controls: its trainer process's client, or a Detached view that can resume it."""
+    return runtime.handle(run_dir())
 
 
 def status() -> Status:
-    return trainer().status()
+    return runtime.status(run_dir())
 
 
 def reader() -> Reader:
-    t = trainer()
-    run_dir = t.status().run.run_dir
-    r = _READERS.get(run_dir)
+    key = str(run_dir())
+    r = _READERS.get(key)
     if r is None:
-        r = _READERS[run_dir] = t.reader()
+        r = _READERS[key] = Reader(key)
     return r
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from . import runtime
 from .common import as_int, report, status, trainer
 
 BUTTONS = ("Start", "Pause", "Resume", "Stop")  # each sends the command of its name, lower-cased
@@ -45,3 +46,30 @@ def control_bar() -> None:
         a, b = st.columns([1.5, 1], vertical_alignment="bottom")
         a.text_input("Checkpoint label", key="ckpt_label", placeholder="optional, e.g. before lr bump")
         b.form_submit_button("Save checkpoint", on_click=_save, width="stretch", disabled="save" not in s.accepts)
+
+
+def _resume_detached() -> None:
+    with st.spinner("Starting a trainer process…"):
+        report(trainer().resume().wait(10), "Resume")
+
+
+def detached_banner() -> None:
+    """A run no process trains: how its last trainer ended, and Resume (a new trainer process)."""
+    s = status()
+    if s.state == "busy":
+        who = runtime.owner(s.run.run_dir)
+        st.info(f"**{who[0].upper()}{who[1:]}** holds this run but does not serve it: a trainer process "
+                "starting or closing, or one training it in-process (a notebook). This page follows it.", icon="⏳")
+        return
+    ended = runtime.how_it_ended(s.run.run_dir)
+    at = f"checkpoint #{s.last_checkpoint}" if s.last_checkpoint is not None else "step 0 (no checkpoint yet)"
+    if s.state == "finished":
+        msg = f"**The run reached its step limit {s.max_steps:,}.** Raise **Stop at step** and Resume to go on."
+    elif ended:
+        msg = (f"**{ended[0].upper()}{ended[1:]}.** Nothing listed below is lost: Resume continues from "
+               f"{at}, exactly as if training had been there all along.")
+    else:
+        msg = f"**No trainer process serves this run** (it was stopped). Resume continues from {at}."
+    (st.warning if ended else st.info)(msg, icon="⚠️" if ended else "ℹ️")
+    if "resume" in s.accepts and not (s.max_steps and s.step >= s.max_steps):
+        st.button(f"Resume from {at}", key="btn_resume_detached", type="primary", on_click=_resume_detached)

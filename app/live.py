@@ -40,7 +40,8 @@ def _eta(s: Status) -> str:
 
 STATE_BADGES = {"running": ":green-badge[running]", "paused": ":orange-badge[paused]", "error": ":red-badge[error]",
                 "stopped": ":gray-badge[stopped]", "done": ":blue-badge[done]", "ready": ":gray-badge[ready]",
-                "closed": ":gray-badge[closed]"}
+                "closed": ":gray-badge[closed]", "idle": ":gray-badge[no trainer]",
+                "finished": ":blue-badge[finished]", "busy": ":gray-badge[starting or closing]"}
 
 
 def metrics_row(data: dict, smoothing: float) -> None:
@@ -137,5 +138,7 @@ def checkpoint_table() -> None:
                        "weight decay": st.column_config.NumberColumn(format="%.4g")})
 
 
-def run_every() -> float | None:
-    return TICK if status().state == "running" else None
+def run_every() -> float:
+    """Once a second while training; slower otherwise, so a change made elsewhere (`ctl`, another tab,
+    a trainer process that ended) still shows."""
+    return TICK if status().state == "running" else 5 * TICK

@@ -7,7 +7,7 @@ import streamlit as st
 
 from .checkpoints_panel import restore_panel
 from .common import page_key, show_flash, status
-from .controls import control_bar
+from .controls import control_bar, detached_banner
 from .hparams_panel import hparams_panel
 from .live import chart_options, checkpoint_table, event_log, live_view, run_every
 from .runs_panel import runs_panel
@@ -43,6 +43,8 @@ def main(args: dict) -> None:
     st.caption(f"task **{s.run.task_name}** · optimizer **{s.run.optimizer}** · device **{s.run.device}** · "
                f"branch **{s.branch}** · {s.run.run_dir}")
     show_flash()
+    if s.state in ("idle", "finished", "busy"):
+        detached_banner()
     control_bar()
     every = run_every()
     st.fragment(run_every=every)(live_view)()

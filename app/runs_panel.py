@@ -1,14 +1,15 @@
 """Start a new run or open an existing one from the runs folder."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from trainer import RunConfig
-from trainer.config import OPTIMIZERS
-from trainer.tasks import BUILTINS
+from trainer.config import BUILTIN_TASKS, OPTIMIZERS
 
 from . import runtime
-from .common import as_int
+from .common import as_int, show_run, status, trainer
 
 ss = st.session_state
 CUSTOM = "custom: module:function or file.py:function"
@@ -25,12 +26,27 @@ def _new_run() -> None:
         name = (ss.get("new_name") or "").strip() or runtime.default_name(task or "run")
         cfg = RunConfig(task=task, run_dir=str(runtime.run_dir_for(name)), optimizer=ss["new_optimizer"],
                         seed=as_int(ss.get("new_seed") or 0.0), max_steps=as_int(ss.get("new_max_steps") or 0.0))
-        runtime.new_run(cfg, hp)
+        if (Path(cfg.run_dir) / "journal.sqlite").exists():
+            raise ValueError(f"a run named {name!r} exists already: open it, or choose another name")
+        paused = _pause_current()
+        try:
+            runtime.create(cfg, hp)
+        except Exception:
+            if paused:  # the new run failed to start: the old one goes on as before
+                trainer().resume().wait(30)
+            raise
     except Exception as e:  # a bad plugin or value: say so, keep the current run
         ss["run_error"] = f"{type(e).__name__}: {e}" if not str(e).startswith("task") else str(e)
         return
     ss.pop("run_error", None)
+    show_run(cfg.run_dir)
     _forget_run()
+
+
+def _pause_current() -> bool:
+    """One model at a time: the run this tab showed pauses (resumable, still served) while another
+    starts, so the new trainer process does not compete with it for the CPU."""
+    return status().state == "running" and trainer().pause().wait(30).ok
 
 
 def _forget_run() -> None:
@@ -44,12 +60,18 @@ def _open_run() -> None:
     if not name:
         return
     try:
-        runtime.open_run(runtime.run_dir_for(name))
+        d = runtime.run_dir_for(name)
+        if runtime.run_state(d) == "idle":  # resumable: a new trainer process, ready until Start
+            runtime.open_ready(d)
     except Exception as e:
         ss["run_error"] = f"{type(e).__name__}: {e}"
         return
     ss.pop("run_error", None)
+    show_run(d)
     _forget_run()
+
+
+STATE_LABELS = {"live": "🟢 live", "idle": "⏸ idle", "finished": "🏁 finished"}
 
 
 def runs_panel() -> None:
@@ -57,7 +79,7 @@ def runs_panel() -> None:
     if ss.get("run_error"):
         st.error(ss["run_error"], icon="⚠️")
     with st.expander("New run", expanded=False):
-        st.selectbox("Task", [*BUILTINS, CUSTOM], key="new_task")
+        st.selectbox("Task", [*BUILTIN_TASKS, CUSTOM], key="new_task")
         if ss.get("new_task") == CUSTOM:
             st.text_input("Plugin", key="new_custom", placeholder="my_tasks.py:make_task")
         if ss.get("new_task") == "spirals":
@@ -72,12 +94,20 @@ def runs_panel() -> None:
         a.number_input("Stop at step", key="new_max_steps", value=0.0, min_value=0.0, step=1000.0, format="%g")
         b.text_input("Name", key="new_name", placeholder="auto")
         st.button("Create run", key="btn_new_run", on_click=_new_run, width="stretch",
-                  help="Stops the current run (it is checkpointed) and starts a fresh one, ready to Start.")
-    runs = runtime.list_runs()
+                  help="Starts a trainer process for a fresh run, ready to Start. The run shown now is "
+                       "paused (not stopped): open it again to go on.")
     with st.expander("Open run", expanded=False):
-        if runs:
-            st.selectbox("Run", runs, key="open_name")
-            st.button("Open", key="btn_open_run", on_click=_open_run, width="stretch",
-                      help="Continues from the run's latest checkpoint, with its whole history.")
-        else:
-            st.caption("No runs yet.")
+        st.fragment(run_every=5.0)(_run_list)()  # lists runs started elsewhere (the CLI) unprompted
+
+
+def _run_list() -> None:
+    runs = dict(runtime.list_runs())
+    if not runs:
+        st.caption("No runs yet.")
+        return
+    st.selectbox("Run", list(runs), key="open_name",
+                 format_func=lambda n: f"{n} · {STATE_LABELS.get(runs.get(n), runs.get(n, '?'))}")
+    st.button("Open", key="btn_open_run", on_click=_open_run, width="stretch",
+              help="Live: attaches to the process that trains it (started here or from the CLI). "
+                   "Idle: resumes it from its latest checkpoint in a new trainer process, with its "
+                   "whole history. Finished: shows it; raise its step limit and Resume to go on.")

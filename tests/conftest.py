@@ -1,4 +1,5 @@
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,20 @@ sys.path.insert(0, str(ROOT))
 from trainer import RunConfig, Trainer  # noqa: E402
 
 
-def run_to(t: Trainer, step: int, timeout: float = 120) -> None:
-    """Train until the global step `step` (the trainer stops there), and wait for it."""
+def run_to(t, step: int, timeout: float = 120) -> None:
+    """Train until the global step `step` (the trainer stops there), and wait for it: a Trainer, or a
+    RunClient of a trainer process (then until the final checkpoint's row is in the journal)."""
     assert t.set_max_steps(step).wait().ok
-    r = (t.resume() if t.state in ("paused", "error") else t.start()).wait()
-    assert r.ok or t.step == step, r
+    if t.status().state != "running":
+        r = (t.resume() if t.status().state in ("paused", "error") else t.start()).wait()
+        assert r.ok or t.status().step == step, r
+    if not isinstance(t, Trainer):
+        deadline = time.monotonic() + timeout
+        while not (t.status().state != "running" and t.status().step == step
+                   and any((c["branch"], c["step"]) == (t.status().branch, step) for c in t.reader().checkpoints())):
+            assert time.monotonic() < deadline, f"training did not come to rest at {step}: {t.status()}"
+            time.sleep(0.05)
+        return
     assert t.wait(timeout), "training did not come to rest"
     assert t.step == step, (t.step, t.state, t.error)
     t.journal.flush()  # its final checkpoint's row too: readers see the run as it came to rest
@@ -59,3 +69,22 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.when == "call":
         item.rep_call = rep  # lets fixtures keep a screenshot when the test failed
+
+
+def kill_trainers(root: Path) -> None:
+    """kill -9 every trainer process that holds a run under `root` (they outlive the servers that
+    started them, by design): its pid is in the run's lock file."""
+    import json
+    import os
+    import signal
+
+    from trainer.client import is_live
+
+    for lock in Path(root).glob("**/lock"):
+        if is_live(lock.parent):
+            try:
+                pid = json.loads(lock.read_text())["pid"]
+                if pid != os.getpid():  # never this test process (an in-process Trainer's run)
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ValueError, KeyError):
+                pass

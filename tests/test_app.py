@@ -1,7 +1,6 @@
 """The dashboard's pages and controls, driven in-process by Streamlit's AppTest (no browser)."""
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -10,27 +9,45 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import PLUGINS, ROOT, run_to
 from app import runtime
-from trainer import THREAD_NAME, RunConfig, Trainer
+from trainer import RunConfig, Trainer
 
 
-def close_live():
-    while (t := runtime.live_trainer()) is not None:
-        t.close()
+def stop_trainers():
+    """End every trainer process the dashboard started in this test process, and forget its clients."""
+    for key, p in list(runtime._PROCS.items()):
+        if p.poll() is None:
+            p.kill()
+        p.wait(30)
+        del runtime._PROCS[key]
+    for h in list(runtime._HANDLES.values()):
+        if hasattr(h, "close"):
+            h.close()
+    runtime._HANDLES.clear()
+    runtime._PENDING.clear()
 
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.setenv("PANDA_RUNS", str(tmp_path / "runs"))
-    close_live()
+    stop_trainers()
 
     def make(**args):
-        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60)
+        at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
         if args:
             at.session_state["_args"] = args
         return at.run()
 
     yield make
-    close_live()
+    stop_trainers()
+
+
+def shown(at):
+    """The controls of the run this session shows: its trainer process's client (or a Detached view)."""
+    return runtime.handle(at.session_state["_run_dir"])
+
+
+def trainer_processes():
+    return [p for p in runtime._PROCS.values() if p.poll() is None]
 
 
 def values(a):
@@ -41,10 +58,6 @@ def values(a):
         import numpy as np
         return np.frombuffer(base64.b64decode(a["bdata"]), dtype=a["dtype"]).tolist()
     return a
-
-
-def trainer_threads():
-    return [th for th in threading.enumerate() if th.name == THREAD_NAME and th.is_alive()]
 
 
 def hp(t):
@@ -58,7 +71,7 @@ def errors(at):
 def test_page_renders_with_spirals_ready(app):
     at = app()
     assert not at.exception
-    s = runtime.live_trainer().status()
+    s = shown(at).status()
     assert s.run.task == "spirals" and s.state == "ready" and s.step == 0
     assert not at.button(key="btn_start").disabled and at.button(key="btn_pause").disabled
     assert any("No steps yet" in i.value for i in at.info)
@@ -68,7 +81,7 @@ def test_page_renders_with_spirals_ready(app):
 def test_start_pause_resume_stop_drive_the_engine(app):
     at = app()
     at.button(key="btn_start").click().run()
-    t = runtime.live_trainer()
+    t = shown(at)
     assert t.status().state == "running"
     time.sleep(0.3)
     at.button(key="btn_pause").click().run()
@@ -77,8 +90,14 @@ def test_start_pause_resume_stop_drive_the_engine(app):
     at.button(key="btn_resume").click().run()
     assert t.status().state == "running"
     at.button(key="btn_stop").click().run()
-    assert t.status().state == "stopped"
     assert t.reader().checkpoints()[-1]["kind"] == "final"
+    assert trainer_processes()[0].wait(30) == 0  # Stop ends the trainer process, cleanly
+    at.run()
+    assert not at.exception and shown(at).status().state == "idle"
+    assert any("No trainer process serves this run" in i.value for i in at.info)
+    at.button(key="btn_resume_detached").click().run()  # a new trainer process goes on from the final checkpoint
+    s = shown(at).status()
+    assert not at.exception and s.state == "running" and s.step >= t.reader().checkpoints()[-1]["step"]
 
 
 def apply(at):
@@ -89,7 +108,7 @@ def apply(at):
 
 def test_apply_sends_the_edited_values_together(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     at.number_input(key="hp_lr").set_value(0.02)
     at.number_input(key="hp_batch_size").set_value(32)
     apply(at)
@@ -103,7 +122,7 @@ def test_apply_sends_the_edited_values_together(app):
                                              ("hp_batch_size", 100000, "batch_size")])
 def test_invalid_value_shows_the_engine_error_and_changes_nothing(app, key, value, field):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     before = hp(t)
     at.number_input(key=key).set_value(value)
     apply(at)
@@ -117,7 +136,7 @@ def slider(at, label):
 
 def test_log_scale_sliders(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     slider(at, "Learning rate, log₁₀").set_value(-2.0)
     apply(at)
     assert hp(t).lr == pytest.approx(0.01) and at.number_input(key="hp_lr").value == pytest.approx(0.01)
@@ -134,7 +153,7 @@ def test_log_scale_sliders(app):
 
 def test_nudges_halve_and_double_the_lr(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     at.button(key="nudge_up").click().run()
     assert hp(t).lr == 0.2
     at.button(key="nudge_down").click().run()
@@ -144,7 +163,7 @@ def test_nudges_halve_and_double_the_lr(app):
 
 def test_save_then_restore_from_the_panel_makes_a_branch(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     run_to(t, 30)
     at.text_input(key="ckpt_label").input("before bump")
     at.button(key="FormSubmitter:save_form-Save checkpoint").click().run()
@@ -163,7 +182,7 @@ def test_save_then_restore_from_the_panel_makes_a_branch(app):
 
 def test_chart_carries_the_curve_and_markers(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     run_to(t, 40)
     t.set_hparams(lr=0.05).wait()
     run_to(t, 80)
@@ -177,42 +196,61 @@ def test_chart_carries_the_curve_and_markers(app):
 
 def test_error_banner_after_a_nan(app, tmp_path):
     at = app(task=f"{PLUGINS / 'nan_at.py'}:make", run_dir=str(tmp_path / "runs" / "nan"))
-    t = runtime.live_trainer()
+    t = shown(at)
     assert t.set_max_steps(100).wait().ok
     at.button(key="btn_start").click().run()
-    assert t.wait(30) and t.status().state == "error"
+    deadline = time.monotonic() + 60
+    while t.status().state != "error":
+        assert time.monotonic() < deadline, t.status()
+        time.sleep(0.1)
     at.run()
     assert any("Training paused on an error" in e and "non-finite loss at step 37" in e for e in errors(at))
     assert not at.button(key="btn_resume").disabled
+    assert trainer_processes(), "an error keeps the trainer process serving, to fix and go on"
 
 
 def test_new_run_with_a_broken_plugin_keeps_the_current_run(app):
     at = app()
-    before = runtime.live_trainer()
+    before = at.session_state["_run_dir"]
     at.selectbox(key="new_task").set_value("custom: module:function or file.py:function").run()
     at.text_input(key="new_custom").input(str(PLUGINS / "broken.py") + ":wrong_type")
     at.button(key="btn_new_run").click().run()
-    assert any("must return trainer.Task" in e for e in errors(at))
-    assert runtime.live_trainer() is before and len(trainer_threads()) == 1
+    assert any("must return trainer.Task" in e for e in errors(at)), errors(at)
+    assert at.session_state["_run_dir"] == before and len(trainer_processes()) == 1
+    assert [n for n, _ in runtime.list_runs()] == [Path(before).name]  # the failed start left no run behind
 
 
-def test_new_run_then_open_the_old_one(app, tmp_path):
+def test_new_run_pauses_the_shown_one_then_open_it_again(app, tmp_path):
     at = app()
-    first = runtime.live_trainer()
+    first = shown(at)
     run_to(first, 20)
+    assert first.set_max_steps(0).wait().ok and first.start().wait().ok
     at.selectbox(key="new_task").set_value("digits")
     at.text_input(key="new_name").input("digits-a")
     at.button(key="btn_new_run").click().run()
-    second = runtime.live_trainer()
-    assert second is not first and second.status().run.task == "digits" and first.status().state == "closed"
-    assert len(trainer_threads()) == 1
-    at.run()
+    second = shown(at)
+    assert not at.exception and second is not first and second.status().run.task == "digits"
+    assert first.status().state == "paused" and len(trainer_processes()) == 2  # paused, still served
     first_dir = Path(first.status().run.run_dir)
     at.selectbox(key="open_name").set_value(first_dir.name)
     at.button(key="btn_open_run").click().run()
-    reopened = runtime.live_trainer().status()
-    assert Path(reopened.run.run_dir).resolve() == first_dir.resolve() and reopened.step == 20
-    assert len(trainer_threads()) == 1
+    assert shown(at) is first and not at.exception  # a live run: attached, not restarted
+    assert not at.button(key="btn_resume").disabled
+
+
+def test_open_an_idle_run_resumes_it_in_a_new_trainer_process(app, tmp_path):
+    d = tmp_path / "runs" / "old"
+    t = Trainer.create(RunConfig(task="quadratic", run_dir=str(d)))
+    run_to(t, 25)
+    t.set_max_steps(0).wait()
+    t.close()
+    at = app()
+    assert ("old", "idle") in runtime.list_runs()
+    at.selectbox(key="open_name").set_value("old")
+    at.button(key="btn_open_run").click().run()
+    s = shown(at).status()
+    assert not at.exception and (s.run.task, s.step, s.state) == ("quadratic", 25, "ready")
+    assert runtime.run_state(d) == "live"
 
 
 def test_bad_run_names_never_leave_the_runs_folder(tmp_path):
@@ -222,25 +260,29 @@ def test_bad_run_names_never_leave_the_runs_folder(tmp_path):
     assert runtime.run_dir_for("ok-1.2_3", tmp_path) == (tmp_path / "ok-1.2_3").resolve()
 
 
-def test_one_training_thread_across_tabs_cache_clears_and_reimports(app):
+def test_one_trainer_process_across_tabs_cache_clears_and_reimports(app):
     import streamlit as st
 
-    a, b = app(), app()  # two sessions
-    assert len(trainer_threads()) == 1
+    a, _b = app(), app()  # two sessions: one default run, one process
+    assert len(trainer_processes()) == 1 and len(runtime.list_runs()) == 1
     st.cache_resource.clear()
     for name in [m for m in sys.modules if m == "app" or m.startswith("app.")]:
         del sys.modules[name]  # what the file watcher does to an edited module
     c = app()
-    assert not c.exception and len(trainer_threads()) == 1
+    assert not c.exception and len(trainer_processes()) == 1 and len(runtime.list_runs()) == 1
     a.button(key="btn_start").click().run()
-    assert len(trainer_threads()) == 1
+    assert len(trainer_processes()) == 1 and shown(c).status().state == "running"
 
 
 def test_opening_a_run_dir_from_the_command_line(app, tmp_path):
     d = tmp_path / "runs" / "given"
     t = Trainer.create(RunConfig(task="quadratic", run_dir=str(d)))
     run_to(t, 25)
+    t.set_max_steps(0).wait()
     t.close()
     at = app(task="spirals", run_dir=str(d))
-    live = runtime.live_trainer().status()
-    assert not at.exception and live.run.task == "quadratic" and live.step == 25
+    s = shown(at).status()  # shown as the journal left it, until Resume
+    assert not at.exception and s.run.task == "quadratic" and s.step == 25 and s.state == "idle"
+    assert not trainer_processes()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert values(next(tr for tr in fig["data"] if tr.get("name") == "train loss")["x"])[-1] == 25

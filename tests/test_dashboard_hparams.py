@@ -1,8 +1,7 @@
 """The sidebar's hyperparameter form: two tabs on one run, and number fields that never guess."""
 import pytest
 
-from test_app import app, apply, errors, hp  # noqa: F401  (app is a fixture)
-from app import runtime
+from test_app import app, apply, errors, hp, shown  # noqa: F401  (app is a fixture)
 
 
 def warnings(at):
@@ -19,7 +18,7 @@ def hparam_events(t):
 
 def test_two_tabs_never_undo_each_other(app):
     a, b = app(), app()
-    t = runtime.live_trainer()
+    t = shown(a)
     b.number_input(key="hp_lr").set_value(0.05)
     apply(b)
     a.number_input(key="hp_batch_size").set_value(32)  # tab A still shows lr 0.1: it must not send it back
@@ -32,7 +31,7 @@ def test_two_tabs_never_undo_each_other(app):
 
 def test_a_tab_shows_a_live_value_that_differs_from_its_own_edit(app):
     a, b = app(), app()
-    t = runtime.live_trainer()
+    t = shown(a)
     a.number_input(key="hp_lr").set_value(0.2)
     a.number_input(key="hp_batch_size").set_value(2.5)
     apply(a)  # refused (batch size): both edits stay, unapplied
@@ -47,7 +46,7 @@ def test_a_tab_shows_a_live_value_that_differs_from_its_own_edit(app):
 
 def test_a_fractional_batch_size_is_refused_not_truncated(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     at.number_input(key="hp_batch_size").set_value(2.5)
     apply(at)
     assert hp(t).batch_size == 64 and not hparam_events(t)
@@ -57,7 +56,7 @@ def test_a_fractional_batch_size_is_refused_not_truncated(app):
 @pytest.mark.parametrize("typed", [None, float("inf")])  # an emptied field; 1e999 arrives as inf
 def test_an_empty_or_overflowing_lr_means_unchanged_never_zero(app, typed):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     at.number_input(key="hp_lr").set_value(typed)
     at.number_input(key="hp_batch_size").set_value(32)
     apply(at)
@@ -68,7 +67,7 @@ def test_an_empty_or_overflowing_lr_means_unchanged_never_zero(app, typed):
 
 def test_every_bad_field_is_reported_and_nothing_is_sent(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     before = hp(t)
     at.number_input(key="hp_momentum").set_value(1.5)
     at.number_input(key="hp_lr").set_value(-0.1)
@@ -83,7 +82,7 @@ def test_every_bad_field_is_reported_and_nothing_is_sent(app):
 @pytest.mark.parametrize("decay,rate", [("exponential", 0.95), ("step", 0.5), ("inverse-time", 0.5)])
 def test_picking_a_decay_with_the_rate_at_zero_fills_in_a_working_rate(app, decay, rate):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     at.selectbox(key="hp_lr_decay").set_value(decay)
     apply(at)
     assert not errors(at)
@@ -93,7 +92,7 @@ def test_picking_a_decay_with_the_rate_at_zero_fills_in_a_working_rate(app, deca
 
 def test_a_chosen_rate_is_kept(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     at.selectbox(key="hp_lr_decay").set_value("exponential")
     at.number_input(key="hp_decay_rate").set_value(0.8)
     apply(at)
@@ -127,7 +126,7 @@ def test_enter_applies_and_apply_comes_first(app):
 
 def test_the_step_limit_is_never_truncated(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     at.number_input(key="max_steps").set_value(2.5).run()
     assert t.status().max_steps == 0
     assert any("max_steps: must be an integer" in e for e in errors(at)), errors(at)

@@ -4,8 +4,7 @@ import io
 import json
 
 from conftest import ROOT, run_to
-from test_app import app, apply, hp, values  # noqa: F401  (app is a fixture)
-from app import runtime
+from test_app import app, apply, hp, shown, values  # noqa: F401  (app is a fixture)
 from trainer import RunConfig, Trainer
 
 REGRESSION = f"{ROOT / 'examples' / 'regression_task.py'}:make_task"
@@ -27,7 +26,7 @@ def annotations(fig):
 
 def test_restore_form_shows_what_comes_back_and_the_sidebar_follows(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     run_to(t, 30)
     cid = t.save_checkpoint("base").wait().value
     at.number_input(key="hp_batch_size").set_value(32)
@@ -53,7 +52,7 @@ def test_restore_form_shows_what_comes_back_and_the_sidebar_follows(app):
 
 def test_restore_overrides_are_checked_field_by_field(app):
     at = app()
-    t = runtime.live_trainer()
+    t = shown(at)
     run_to(t, 20)
     at.run()
     at.number_input(key="restore_batch_size").set_value(2.5)
@@ -68,9 +67,12 @@ def test_opening_a_run_draws_no_restore_marker(app, tmp_path):
     d = tmp_path / "runs" / "reopened"
     t = Trainer.create(RunConfig(task="spirals", run_dir=str(d)))
     run_to(t, 30)
+    t.set_max_steps(0).wait()
     t.close()
     at = app(run_dir=str(d))
-    live = runtime.live_trainer()
+    assert shown(at).set_max_steps(50).wait().ok  # kept for the trainer process Resume starts
+    at.button(key="btn_resume_detached").click().run()  # a new trainer process opens it, and trains
+    live = shown(at)
     assert "open" in [e["kind"] for e in live.reader().events()]
     run_to(live, 50)
     at.run()
@@ -87,7 +89,7 @@ def test_opening_a_run_draws_no_restore_marker(app, tmp_path):
 
 def test_a_plugin_metric_is_charted_shown_and_exported(app, tmp_path):
     at = app(task=REGRESSION, run_dir=str(tmp_path / "runs" / "sine"))
-    t = runtime.live_trainer()
+    t = shown(at)
     assert t.status().run.metrics == ("mae",)
     run_to(t, 120)
     at.run()

@@ -1,65 +1,40 @@
 """Switching runs from the dashboard: the training run is left undisturbed, a locked run is explained."""
-import pytest
-
 from conftest import PLUGINS
-from test_app import app, errors, trainer_threads  # noqa: F401  (app is a fixture)
+from test_app import app, errors, shown, trainer_processes  # noqa: F401  (app is a fixture)
 from app import runtime
 from trainer import RunConfig, Trainer
 from trainer.runlock import RunLock
 
 
-def test_a_new_run_is_built_while_the_old_one_rests(app, tmp_path):
-    app()
-    old = runtime.live_trainer()
-    assert old.start().wait().ok
-    seen = []
-
-    def broken():
-        seen.append(old.status().state)
-        raise ValueError("bad input")
-
-    with pytest.raises(ValueError):
-        runtime._swap(broken)
-    assert seen == ["paused"]  # built while the old run rested: its RNG streams were parked
-    assert old.status().state == "running" and runtime.live_trainer() is old  # and it goes on
-
-    def good():
-        seen.append(old.status().state)
-        return Trainer.create(RunConfig(task="quadratic", run_dir=str(tmp_path / "runs" / "next")))
-
-    new = runtime._swap(good)
-    assert seen[-1] == "paused" and old.status().state == "closed" and runtime.live_trainer() is new
-    assert len(trainer_threads()) == 1
-
-
 def test_a_broken_plugin_leaves_the_training_run_training(app):
     at = app()
-    old = runtime.live_trainer()
+    old = shown(at)
     at.button(key="btn_start").click().run()
     at.selectbox(key="new_task").set_value("custom: module:function or file.py:function").run()
     at.text_input(key="new_custom").input(str(PLUGINS / "broken.py") + ":wrong_type")
     at.button(key="btn_new_run").click().run()
     assert any("must return trainer.Task" in e for e in errors(at))
-    assert runtime.live_trainer() is old and old.status().state == "running"
+    assert shown(at) is old and old.status().state == "running"
     kinds = [e["kind"] for e in old.reader().events()]
-    assert kinds[-2:] == ["pause", "resume"]
+    assert kinds[-2:] == ["pause", "resume"]  # rested while the new process tried to start
+    assert len(trainer_processes()) == 1
 
 
-def test_a_run_locked_by_another_process_is_explained(app, tmp_path):
+def test_a_run_held_but_not_served_is_explained(app, tmp_path):
     d = tmp_path / "runs" / "busy"
     Trainer.create(RunConfig(task="quadratic", run_dir=str(d))).close()
-    lock = RunLock(d)  # as another process would hold it
+    lock = RunLock(d)  # as a notebook's in-process Trainer would hold it
     try:
         at = app(run_dir=str(d))
         assert not at.exception
-        assert any("RunLockedError" in e and "in use by" in e for e in errors(at)), errors(at)
+        assert any("holds this run but does not serve it" in i.value and "process" in i.value for i in at.info)
+        assert shown(at).status().accepts == frozenset() and at.button(key="btn_stop").disabled
+        r = shown(at).set_hparams(lr=0.5).wait()
+        assert not r.ok and "starting or closing" in r.message
         # the sidebar still offers a way out: a new run
         at.text_input(key="new_name").input("fresh")
         at.button(key="btn_new_run").click().run()
-        assert not at.exception and runtime.live_trainer() is not None
-        at.selectbox(key="open_name").set_value("busy")
-        at.button(key="btn_open_run").click().run()
-        assert any("RunLockedError" in e and "in use by" in e for e in errors(at)), errors(at)
-        assert runtime.live_trainer().status().run.run_dir.endswith("fresh")
+        assert not at.exception and shown(at).status().run.run_dir.endswith("fresh")
+        assert runtime.run_state(d) == "live" and len(trainer_processes()) == 1  # the held run untouched
     finally:
         lock.release()

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, kill_trainers
+from trainer.client import RunClient, is_live, run_state
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -30,30 +31,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs")
+def start_server(runs: Path, *args) -> tuple[str, subprocess.Popen]:
+    """`streamlit run streamlit_app.py -- *args` on a free port, with PANDA_RUNS=runs; (url, process)."""
     port = free_port()
     env = {**os.environ, "PANDA_RUNS": str(runs)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
          "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-         "--", "--run-dir", str(runs / "e2e")], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         "--", *map(str, args)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://localhost:{port}"
     deadline = time.time() + 90
     while True:
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
+                return url, proc
         except OSError:
             pass
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
             pytest.fail("streamlit did not start:\n" + proc.stdout.read().decode(errors="replace")[-3000:])
         time.sleep(0.3)
-    yield {"url": url, "proc": proc, "run_dir": runs / "e2e"}
-    if proc.poll() is None:
-        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    url, proc = start_server(runs, "--run-dir", runs / "e2e")
+    try:
+        yield {"url": url, "proc": proc, "run_dir": runs / "e2e"}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        kill_trainers(runs)  # trainer processes outlive the server by design
 
 
 def browser_page(request, viewport):
@@ -118,10 +127,10 @@ def pick(page, label, option):
         opt = page.get_by_role("option", name=option)
         try:
             opt.first.wait_for(timeout=2000)
+            opt.first.click(timeout=2000)  # a refreshing fragment may close the popover in between
         except Exception:
             page.keyboard.press("Escape")
             continue
-        opt.first.click()
         return
     raise AssertionError(f"could not choose {option!r} in {label!r}")
 
@@ -226,15 +235,93 @@ def test_apply_is_in_view_on_a_laptop_screen(server, laptop):
     laptop.screenshot(path=str(ARTIFACTS / "laptop-1366x768.png"))
 
 
-def test_shutdown_flushes_and_checkpoints(server):
-    proc = server["proc"]
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    con = sqlite3.connect(server["run_dir"] / "journal.sqlite")
-    events = con.execute("SELECT kind, message FROM events ORDER BY id").fetchall()
-    final = con.execute("SELECT kind, step FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
-    steps = con.execute("SELECT MAX(step) FROM steps WHERE branch = 1").fetchone()[0]
-    con.close()
-    last = [(kind, msg) for kind, msg in events if kind != "checkpoint"][-1]  # a checkpoint's event may come last
-    assert last[0] == "close" or (last[0] == "stopped" and "closing" in last[1]), events[-5:]
-    assert final == ("final", steps)
+def test_server_stop_leaves_the_run_training(server):
+    """The trainer is its own process: stopping the web server (SIGTERM) changes nothing for the run."""
+    d = server["run_dir"]
+    assert run_state(d) == "live"
+    with RunClient(d) as c:
+        assert c.resume().wait().ok  # the babysitting session left it paused
+        server["proc"].send_signal(signal.SIGTERM)
+        server["proc"].wait(60)
+        before = c.status().step
+        wait_for(lambda: c.status().step > before + 50, "training to go on without the server")
+        assert c.status().state == "running"
+
+
+def first_page(page, url):
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stApp']")
+    page.wait_for_selector(".js-plotly-plot", timeout=90_000)  # the first script run has drawn the page
+
+
+def hparam_events(db):
+    con = sqlite3.connect(db)
+    try:
+        return [m for (m,) in con.execute("SELECT message FROM events WHERE kind = 'hparams' ORDER BY id")]
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def bare_page(request):
+    yield from browser_page(request, {"width": 1440, "height": 1000})
+
+
+def test_attach_to_a_cli_run_survive_kill_9_of_either_side(tmp_path, bare_page):
+    """A run started from the CLI: the dashboard attaches (Open run) and changes its lr; kill -9 of the
+    server leaves it training and a fresh server re-attaches with its history; kill -9 of the trainer
+    shows how it ended, and Resume in the UI continues it in a new trainer process."""
+    from playwright.sync_api import expect
+
+    page = bare_page
+    runs = tmp_path / "runs"
+    cli, db = runs / "cli", runs / "cli" / "journal.sqlite"
+    procs = []
+    try:
+        url, s1 = start_server(runs)
+        procs.append(s1)
+        first_page(page, url)  # a fresh machine: the default spirals run, ready
+        trainer = subprocess.Popen([sys.executable, "-m", "trainer", "run", "--task", "spirals", "--run-dir", cli,
+                                    "--max-steps", "0"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        procs.append(trainer)
+        wait_for(lambda: is_live(cli) and (cli / "control.sock").exists(), "the CLI run to be served")
+
+        page.get_by_text("Open run").click()
+        pick(page, "Run", "cli · 🟢 live")
+        page.locator(".st-key-btn_open_run button").first.click()
+        expect(page.get_by_text("running", exact=True).first).to_be_visible()
+        lr = page.locator("[data-testid='stSidebar']").get_by_label("Learning rate", exact=True)
+        lr.fill("0.05")
+        lr.press("Enter")
+        wait_for(lambda: "lr 0.1 → 0.05" in hparam_events(db), "the CLI process to apply the lr")
+
+        s1.kill()  # kill -9 of the web server
+        s1.wait(30)
+        with RunClient(cli) as c:
+            before = c.status().step
+            wait_for(lambda: c.status().step > before + 50, "training to go on without the server")
+        url, s2 = start_server(runs)  # no --run-dir: it finds the run that trains
+        procs.append(s2)
+        first_page(page, url)
+        expect(page.get_by_text("running", exact=True).first).to_be_visible()
+        wait_for(lambda: any("lr 0.1 → 0.05" in a for a in plot(page)["annotations"]), "the history, lr marker too")
+
+        trainer.kill()  # kill -9 of the trainer process
+        trainer.wait(30)
+        banner = page.get_by_text("without closing the run")
+        expect(banner).to_be_visible(timeout=20_000)
+        expect(page.get_by_text(f"(pid {trainer.pid})")).to_be_visible()
+        resume = page.get_by_role("button", name="Resume from checkpoint")
+        expect(resume).to_be_visible()
+        resume.click()
+        expect(page.get_by_text("running", exact=True).first).to_be_visible(timeout=60_000)
+        con = sqlite3.connect(db)
+        kinds = [k for (k,) in con.execute("SELECT kind FROM events ORDER BY id")]
+        con.close()
+        assert kinds.count("open") == 1 and run_state(cli) == "live"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "resumed-after-kill.png"))
+    finally:
+        for p in procs:
+            p.kill()
+        kill_trainers(runs)
