@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from trainer.runlock import owner
+
 from . import runtime
 from .common import as_int, report, status, trainer
 
@@ -57,7 +59,7 @@ def detached_banner() -> None:
     """A run no process trains: how its last trainer ended, and Resume (a new trainer process)."""
     s = status()
     if s.state == "busy":
-        who = runtime.owner(s.run.run_dir)
+        who = owner(s.run.run_dir)
         st.info(f"**{who[0].upper()}{who[1:]}** holds this run but does not serve it: a trainer process "
                 "starting or closing, or one training it in-process (a notebook). This page follows it.", icon="⏳")
         return

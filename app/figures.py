@@ -13,6 +13,9 @@ CLASS_COLORS = ["#ef4444", "#3b82f6", "#22c55e", "#f59e0b", "#a855f7", "#14b8a6"
 TIMELINE = (("lr", "lr", True), ("momentum", "momentum", False), ("weight_decay", "weight decay", False),
             ("batch_size", "batch", False))
 X_TITLES = {"step": "step", "epoch": "epoch", "time": "wall time"}
+# No plotly template: a named one ("plotly_white") travels expanded, ~7 kB in every chart message;
+# Streamlit's own chart theme styles the figure in the browser instead.
+TEMPLATE = "none"
 
 
 def ema(values: list[float | None], smoothing: float) -> list[float]:
@@ -32,8 +35,8 @@ def ema(values: list[float | None], smoothing: float) -> list[float]:
 
 def xs(rows: list[dict], axis: str) -> np.ndarray:
     """x values as arrays: plotly keeps NumPy arrays whole instead of checking each element."""
-    if axis == "step":
-        return np.fromiter((r["step"] for r in rows), dtype=np.int64, count=len(rows))
+    if axis == "step":  # int32: half the bytes of int64 in the chart payload
+        return np.fromiter((r["step"] for r in rows), dtype=np.int32, count=len(rows))
     if axis == "epoch":
         return np.fromiter((r["epoch"] for r in rows), dtype=np.float64, count=len(rows))
     if axis == "time":
@@ -58,6 +61,20 @@ def _x_at(step: int, rows: list[dict], axis: str):
             hi = mid
     x = xs([rows[lo]], axis)[0]
     return x.item() if axis != "time" else datetime.fromtimestamp(rows[lo]["wall"])
+
+
+SMOOTH_POINTS = 250
+
+
+def _spread(n: int, most: int) -> np.ndarray:
+    """Indices of at most `most` of n points, evenly spread, the first and last included."""
+    return np.arange(n) if n <= most else np.unique(np.linspace(0, n - 1, most).round().astype(np.int64))
+
+
+def _xs_at(steps: list[int], rows: list[dict], axis: str):
+    """_x_at for many steps, as an array when the axis is numeric."""
+    pts = [_x_at(st, rows, axis) for st in steps]
+    return np.array(pts, dtype=np.int32 if axis == "step" else np.float64) if axis != "time" else pts
 
 
 def thin(rows: list, max_points: int) -> list:
@@ -118,7 +135,8 @@ def loss_figure(metrics: list[dict], evals: list[dict] | None = None, events: li
     data: list[dict] = []
     for i, b in enumerate(branches or []):  # abandoned paths, faded, from their fork step
         rows = b["steps"]
-        data.append(_line(xs(rows, x_axis), np.array(ema([r["loss"] for r in rows], smoothing)), 1, mode="lines",
+        data.append(_line(xs(rows, x_axis), np.array(ema([r["loss"] for r in rows], smoothing), dtype=np.float32), 1,
+                          mode="lines",
                           line={"color": GREY, "width": 1.5}, opacity=0.45, name="abandoned branch",
                           legendgroup="abandoned", showlegend=i == 0,
                           hovertemplate=f"abandoned (branch {b['id']}, fork at step {b['fork_step']})<br>"
@@ -126,13 +144,15 @@ def loss_figure(metrics: list[dict], evals: list[dict] | None = None, events: li
     x = xs(metrics, x_axis)
     loss = ys(metrics, "loss")
     smooth = np.array(ema(list(loss), smoothing))
-    data.append(_line(x, loss, 1, mode="lines", line={"color": BLUE, "width": 1}, opacity=0.25, name="train loss",
-                      hovertemplate="%{x}: %{y:.4g}<extra>train loss</extra>"))
-    data.append(_line(x, smooth, 1, mode="lines", line={"color": BLUE, "width": 2}, name="train loss (smoothed)",
-                      hovertemplate="%{x}: %{y:.4g}<extra>smoothed</extra>"))
+    # float32: the losses are float32 tensors' values, so nothing is lost, and the payload halves
+    data.append(_line(x, loss.astype(np.float32), 1, mode="lines", line={"color": BLUE, "width": 1}, opacity=0.25,
+                      name="train loss", hovertemplate="%{x}: %{y:.4g}<extra>train loss</extra>"))
+    every = _spread(len(smooth), SMOOTH_POINTS)  # a smooth curve needs fewer points than the raw one
+    data.append(_line(x[every], smooth[every].astype(np.float32), 1, mode="lines", line={"color": BLUE, "width": 2},
+                      name="train loss (smoothed)", hovertemplate="%{x}: %{y:.4g}<extra>smoothed</extra>"))
     ev = [e for e in (evals or []) if e.get("val_loss") is not None]
     if ev:
-        data.append(_line([_x_at(e["step"], metrics, x_axis) for e in ev], [e["val_loss"] for e in ev], 1,
+        data.append(_line(_xs_at([e["step"] for e in ev], metrics, x_axis), np.array([e["val_loss"] for e in ev], dtype=np.float32), 1,
                           mode="markers", marker={"color": ORANGE, "size": 6}, name="val loss",
                           hovertemplate="%{x}: %{y:.4g}<extra>val loss</extra>"))
     if checkpoints:
@@ -145,7 +165,7 @@ def loss_figure(metrics: list[dict], evals: list[dict] | None = None, events: li
                           hovertemplate="checkpoint %{text}<br>%{x}<extra></extra>"))
     domains = _row_domains()
     layout: dict[str, Any] = {
-        "template": "plotly_white", "height": height, "uirevision": revision,
+        "template": TEMPLATE, "height": height, "uirevision": revision,
         "margin": {"l": 60, "r": 10, "t": 30, "b": 40},
         "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.01, "x": 0, "font": {"size": 11}},
         "yaxis": {"domain": domains[0], "title": {"text": "loss"}, "type": "log" if log_y else "linear"},
@@ -198,16 +218,27 @@ def metric_figure(evals: list[dict], name: str, metrics: list[dict] | None = Non
     metrics = metrics or []
     for key, label, color in ((f"train_{name}", "train", BLUE), (f"val_{name}", "val", ORANGE)):
         pts = [e for e in evals if e.get(key) is not None]
-        fig.add_trace(go.Scatter(x=[_x_at(e["step"], metrics, x_axis) for e in pts], y=[e[key] for e in pts],
+        fig.add_trace(go.Scatter(x=_xs_at([e["step"] for e in pts], metrics, x_axis), y=np.array([e[key] for e in pts]),
                                  mode="lines+markers", marker={"size": 4}, line={"color": color}, name=label))
     yaxis = {"range": [0, 1.02], "tickformat": ".0%"} if name == "acc" else {}
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 10, "t": 30, "b": 30},
+    fig.update_layout(template=TEMPLATE, height=height, margin={"l": 50, "r": 10, "t": 30, "b": 30},
                       title={"text": metric_title(name), "font": {"size": 13}, "x": 0.01},
                       yaxis=yaxis, uirevision=revision,
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1})
     if x_axis == "time":
         fig.update_xaxes(type="date")
     return fig
+
+
+def _png(rgb: np.ndarray) -> str:
+    import base64
+    import io
+
+    from PIL import Image  # Streamlit's own dependency
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def boundary_figure(grid: dict[str, Any], points: tuple[np.ndarray, np.ndarray] | None = None, *,
@@ -219,16 +250,18 @@ def boundary_figure(grid: dict[str, Any], points: tuple[np.ndarray, np.ndarray] 
     palette = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in CLASS_COLORS[:n_cls]], dtype=np.float32)
     rgb = probs @ palette * 0.55 + 255 * 0.45  # washed out, so the data points stand out
     step = float(axis[1] - axis[0])
-    fig = go.Figure(go.Image(z=rgb.astype(np.uint8), x0=float(axis[0]), dx=step, y0=float(axis[0]), dy=step,
-                             hoverinfo="skip"))
+    # A PNG: about 3 kB for a 60x60 picture where the raw RGB array travels as ~15 kB of base64.
+    fig = go.Figure(go.Image(source=_png(rgb.astype(np.uint8)), x0=float(axis[0]), dx=step, y0=float(axis[0]),
+                             dy=step, hoverinfo="skip"))
     if points is not None:
         px, py = points
+        px = np.asarray(px, dtype=np.float32)
         for c in range(n_cls):
             m = py == c
             fig.add_trace(go.Scatter(x=px[m, 0], y=px[m, 1], mode="markers", name=f"class {c}",
                                      marker={"size": 4, "color": CLASS_COLORS[c], "line": {"width": 0.5, "color": "white"}},
                                      hoverinfo="skip", showlegend=False))
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+    fig.update_layout(template=TEMPLATE, height=height, margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       title={"text": f"decision boundary · step {grid.get('step', '?')}", "font": {"size": 13},
                              "x": 0.01}, uirevision=revision)
     fig.update_xaxes(visible=False, range=[float(axis[0]), float(axis[-1])])

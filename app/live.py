@@ -9,24 +9,26 @@ import streamlit as st
 from trainer import Reader, Status
 
 from . import figures
+from .history import history
 from .common import fmt, follow_live, reader, status
 
-MAX_POINTS = 2000
+MAX_POINTS = 500  # rows drawn on the loss chart: each bucket's min and max, so no spike is hidden
 TICK = 1.0
+SIDE_EVERY = 5  # the side charts refresh every fifth tick (evaluations are less frequent than steps)
+SMOOTH_TAIL = 2000  # the metrics row's smoothed loss: the EMA over the last rows (0.99^2000 ~ 2e-9)
 
 
 def snapshot(s: Status, j: Reader) -> dict:
-    """Everything the charts draw: the run's history from the journal, on the branch `s` is on."""
-    b = s.branch
-    lineage = j.lineage(b)
+    """Everything the charts draw: the run's history on the branch `s` is on, read incrementally
+    (app/history.py) and picked down to about MAX_POINTS rows, spikes and markers kept."""
+    h = history(j, s.run.run_dir, s.branch)
     return {
         "status": s,
-        "metrics": j.metrics(b, max_points=MAX_POINTS),
-        "evals": figures.thin(j.evals(b), MAX_POINTS // 2),
-        "events": [e for e in reversed(j.events(kinds=("hparams", "restore"), limit=2000, newest_first=True))
-                   if j.on_lineage(e["branch"], e["step"], lineage)],
-        "checkpoints": [c for c in j.checkpoints() if j.on_lineage(c["branch"], c["step"], lineage)],
-        "branches": j.other_branches(b, max_points=500),
+        "metrics": h.rows(MAX_POINTS),
+        "evals": figures.thin(h.evals, MAX_POINTS // 4),
+        "events": list(h.events),
+        "checkpoints": list(h.checkpoints),
+        "branches": h.branches,
     }
 
 
@@ -44,9 +46,7 @@ STATE_BADGES = {"running": ":green-badge[running]", "paused": ":orange-badge[pau
                 "finished": ":blue-badge[finished]", "busy": ":gray-badge[starting or closing]"}
 
 
-def metrics_row(data: dict, smoothing: float) -> None:
-    s: Status = data["status"]
-    smooth = figures.ema([m["loss"] for m in data["metrics"]], smoothing)
+def metrics_row(s: Status, smoothed_loss: float | None) -> None:
     ev = s.eval or {}
     cols = st.columns([1, 1.15, 1.1, 1, 1, 1, 1, 0.9])
     with cols[0]:
@@ -57,7 +57,7 @@ def metrics_row(data: dict, smoothing: float) -> None:
     cols[2].progress(min(1.0, s.epoch_progress))
     sps = s.samples_per_s if s.state == "running" else None
     cols[3].metric("Samples/s", f"{sps:,.0f}" if sps else "—")
-    cols[4].metric("Loss (smoothed)", fmt(smooth[-1] if smooth else None, ".3g"))
+    cols[4].metric("Loss (smoothed)", fmt(smoothed_loss, ".3g"))
     cols[5].metric("Val loss", fmt(ev.get("val_loss"), ".3g"))
     if s.run.metrics:  # the task's first metric; the side charts show them all
         name = s.run.metrics[0]
@@ -65,38 +65,66 @@ def metrics_row(data: dict, smoothing: float) -> None:
     cols[7].metric("ETA", _eta(s))
 
 
-def live_view() -> None:
+def live_header() -> None:
+    """The error banner and the metrics row, once a second; follows a state changed elsewhere."""
     s = status()
-    data = snapshot(s, reader())
     if s.state == "error":
         st.error(f"**Training paused on an error.** {s.error}  \nChange a hyperparameter and Resume, or "
                  "restore a checkpoint below and go on.")
-    smoothing = st.session_state.get("smoothing", 0.6)
-    metrics_row(data, smoothing)
-    x_axis = st.session_state.get("x_axis", "step")
-    revision = f"{s.run.run_dir}|{x_axis}|{st.session_state.get('log_y', False)}"
-    side = s.run.has_grid or bool(s.run.metrics)
-    left, right = st.columns([2.3, 1]) if side else (st.container(), None)
-    with left:
-        if not data["metrics"]:
-            st.info("No steps yet. Press **Start** to train; the loss curve appears here within seconds.")
-        fig = figures.loss_figure(data["metrics"], data["evals"], data["events"], data["checkpoints"],
-                                  data["branches"], smoothing=smoothing, log_y=st.session_state.get("log_y", False),
-                                  x_axis=x_axis, revision=revision)
-        st.plotly_chart(fig, key="loss_chart", config={"displaylogo": False})
-    if right is not None:
-        with right:
-            if s.grid is not None:
-                grid = {"step": s.grid.step, "axis": s.grid.axis, "probs": s.grid.probs}
-                st.plotly_chart(figures.boundary_figure(grid, s.run.points, revision=s.run.run_dir), key="boundary",
-                                config={"displayModeBar": False})
-            elif s.run.has_grid:
-                st.caption("The decision boundary appears at the first evaluation.")
-            for name in s.run.metrics:  # every metric the task declares, e.g. acc or a plugin's mae
-                st.plotly_chart(figures.metric_figure(data["evals"], name, data["metrics"], x_axis=x_axis,
-                                                      revision=revision), key=f"metric_chart_{name}",
-                                config={"displayModeBar": False})
+    tail = history(reader(), s.run.run_dir, s.branch).column("loss")[-SMOOTH_TAIL:]
+    smooth = figures.ema(tail.tolist(), st.session_state.get("smoothing", 0.6))
+    metrics_row(s, smooth[-1] if smooth else None)
     follow_live(s)  # buttons, fields and the refresh timer follow a new state
+
+
+def _revision(s: Status) -> str:
+    return f"{s.run.run_dir}|{st.session_state.get('x_axis', 'step')}|{st.session_state.get('log_y', False)}"
+
+
+def loss_chart() -> None:
+    """The loss curve with its markers and hyperparameter timeline, once a second while training."""
+    s = status()
+    data = snapshot(s, reader())
+    if not data["metrics"]:
+        st.info("No steps yet. Press **Start** to train; the loss curve appears here within seconds.")
+    fig = figures.loss_figure(data["metrics"], data["evals"], data["events"], data["checkpoints"],
+                              data["branches"], smoothing=st.session_state.get("smoothing", 0.6),
+                              log_y=st.session_state.get("log_y", False),
+                              x_axis=st.session_state.get("x_axis", "step"), revision=_revision(s))
+    st.plotly_chart(fig, key="loss_chart", config={"displaylogo": False})
+
+
+def side_charts() -> None:
+    """The decision boundary and the task's metrics: they change at evaluations, so a slower tick."""
+    s = status()
+    if s.grid is not None:
+        grid = {"step": s.grid.step, "axis": s.grid.axis, "probs": s.grid.probs}
+        st.plotly_chart(figures.boundary_figure(grid, s.run.points, revision=s.run.run_dir), key="boundary",
+                        config={"displayModeBar": False})
+    elif s.run.has_grid:
+        st.caption("The decision boundary appears at the first evaluation.")
+    if s.run.metrics:
+        h = history(reader(), s.run.run_dir, s.branch)
+        evals = figures.thin(h.evals, MAX_POINTS // 4)
+        for name in s.run.metrics:  # every metric the task declares, e.g. acc or a plugin's mae
+            st.plotly_chart(figures.metric_figure(evals, name, h.rows(MAX_POINTS // 4),
+                                                  x_axis=st.session_state.get("x_axis", "step"),
+                                                  revision=_revision(s)), key=f"metric_chart_{name}",
+                            config={"displayModeBar": False})
+
+
+def live_view(every: float) -> None:
+    """The live part of the page: three fragments, so each redraws only what it shows, at its pace."""
+    st.fragment(run_every=every)(live_header)()
+    s = status()
+    if s.run.has_grid or s.run.metrics:
+        left, right = st.columns([2.3, 1])
+        with left:
+            st.fragment(run_every=every)(loss_chart)()
+        with right:
+            st.fragment(run_every=SIDE_EVERY * every)(side_charts)()
+    else:
+        st.fragment(run_every=every)(loss_chart)()
 
 
 def chart_options() -> None:

@@ -47,7 +47,7 @@ def main(args: dict) -> None:
         detached_banner()
     control_bar()
     every = run_every()
-    st.fragment(run_every=every)(live_view)()
+    live_view(every)
     chart_options()
     tab_ckpt, tab_events = st.tabs(["Checkpoints", "Events"])
     slow = every and every * 5  # the tables change more slowly than the curve

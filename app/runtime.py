@@ -22,7 +22,6 @@ from trainer import Result, RunConfig, Status
 from trainer.client import NoTrainerError, RunClient, is_live, last_heartbeat, offline_status, run_state
 from trainer.commands import Command, Controls
 from trainer.hparams import HParamError, field_specs, validate
-from trainer.runlock import owner
 
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m trainer` is importable
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

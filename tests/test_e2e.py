@@ -246,6 +246,7 @@ def test_server_stop_leaves_the_run_training(server):
         before = c.status().step
         wait_for(lambda: c.status().step > before + 50, "training to go on without the server")
         assert c.status().state == "running"
+        assert c.stop().wait().ok  # and ctl/stop still ends it cleanly
 
 
 def first_page(page, url):

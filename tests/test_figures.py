@@ -71,7 +71,7 @@ def test_raw_loss_is_faint_and_smoothed_uses_the_slider():
     fig = figures.loss_figure(r, smoothing=0.9)
     raw = next(t for t in fig.data if t.name == "train loss")
     smooth = next(t for t in fig.data if t.name == "train loss (smoothed)")
-    assert raw.opacity < 0.5 and list(raw.y) == [x["loss"] for x in r]
+    assert raw.opacity < 0.5 and list(raw.y) == pytest.approx([x["loss"] for x in r], rel=1e-6)  # float32
     assert list(smooth.y) == pytest.approx(reference_ema([x["loss"] for x in r], 0.9))
 
 
@@ -118,7 +118,14 @@ def test_boundary_picture_blends_class_colours():
     probs[0, 0] = [0, 0, 1]
     grid = {"axis": [-1, -1 / 3, 1 / 3, 1], "probs": probs, "step": 7}
     fig = figures.boundary_figure(grid, (np.zeros((2, 2)), np.array([0, 2])))
-    img = np.asarray(fig.data[0].z)
+    import base64
+    import io
+
+    from PIL import Image
+
+    src = fig.data[0].source
+    assert src.startswith("data:image/png;base64,")
+    img = np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).convert("RGB"))
     assert img.shape == (4, 4, 3)
     assert tuple(img[1, 1]) != tuple(img[0, 0])  # class 0 and class 2 cells differ
     assert "step 7" in fig.layout.title.text
