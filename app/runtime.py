@@ -141,9 +141,6 @@ class Detached(Controls):
         from trainer import Reader
         return Reader(self.run_dir)
 
-    def ended(self) -> str | None:
-        return how_it_ended(self.run_dir)
-
     def submit(self, kind: str, **args) -> Command:
         cmd = Command(kind, args)
         step = offline_status(self.run_dir).step

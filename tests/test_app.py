@@ -46,6 +46,15 @@ def shown(at):
     return runtime.handle(at.session_state["_run_dir"])
 
 
+def idle_run(d, task="quadratic", steps=25):
+    """A run an earlier process trained to `steps` and closed, with no step limit: idle, resumable."""
+    t = Trainer.create(RunConfig(task=task, run_dir=str(d)))
+    run_to(t, steps)
+    t.set_max_steps(0).wait()
+    t.close()
+    return d
+
+
 def trainer_processes():
     return [p for p in runtime._PROCS.values() if p.poll() is None]
 
@@ -239,11 +248,7 @@ def test_new_run_pauses_the_shown_one_then_open_it_again(app, tmp_path):
 
 
 def test_open_an_idle_run_resumes_it_in_a_new_trainer_process(app, tmp_path):
-    d = tmp_path / "runs" / "old"
-    t = Trainer.create(RunConfig(task="quadratic", run_dir=str(d)))
-    run_to(t, 25)
-    t.set_max_steps(0).wait()
-    t.close()
+    d = idle_run(tmp_path / "runs" / "old")
     at = app()
     assert ("old", "idle") in runtime.list_runs()
     at.selectbox(key="open_name").set_value("old")
@@ -275,11 +280,7 @@ def test_one_trainer_process_across_tabs_cache_clears_and_reimports(app):
 
 
 def test_opening_a_run_dir_from_the_command_line(app, tmp_path):
-    d = tmp_path / "runs" / "given"
-    t = Trainer.create(RunConfig(task="quadratic", run_dir=str(d)))
-    run_to(t, 25)
-    t.set_max_steps(0).wait()
-    t.close()
+    d = idle_run(tmp_path / "runs" / "given")
     at = app(task="spirals", run_dir=str(d))
     s = shown(at).status()  # shown as the journal left it, until Resume
     assert not at.exception and s.run.task == "quadratic" and s.step == 25 and s.state == "idle"

@@ -4,8 +4,7 @@ import io
 import json
 
 from conftest import ROOT, run_to
-from test_app import app, apply, hp, shown, values  # noqa: F401  (app is a fixture)
-from trainer import RunConfig, Trainer
+from test_app import app, apply, hp, idle_run, shown, values  # noqa: F401  (app is a fixture)
 
 REGRESSION = f"{ROOT / 'examples' / 'regression_task.py'}:make_task"
 
@@ -64,11 +63,7 @@ def test_restore_overrides_are_checked_field_by_field(app):
 
 
 def test_opening_a_run_draws_no_restore_marker(app, tmp_path):
-    d = tmp_path / "runs" / "reopened"
-    t = Trainer.create(RunConfig(task="spirals", run_dir=str(d)))
-    run_to(t, 30)
-    t.set_max_steps(0).wait()
-    t.close()
+    d = idle_run(tmp_path / "runs" / "reopened", task="spirals", steps=30)
     at = app(run_dir=str(d))
     assert shown(at).set_max_steps(50).wait().ok  # kept for the trainer process Resume starts
     at.button(key="btn_resume_detached").click().run()  # a new trainer process opens it, and trains

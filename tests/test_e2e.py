@@ -6,6 +6,7 @@ saved one with an lr override -> a faded branch appears, the sidebar shows the l
 Apply is in view at 1366x768. A screenshot is kept on failure.
 """
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -288,8 +289,14 @@ def test_attach_to_a_cli_run_survive_kill_9_of_either_side(tmp_path, bare_page):
         wait_for(lambda: is_live(cli) and (cli / "control.sock").exists(), "the CLI run to be served")
 
         page.get_by_text("Open run").click()
-        pick(page, "Run", "cli · 🟢 live")
-        page.locator(".st-key-btn_open_run button").first.click()
+        for _ in range(3):  # a click that lands while the run list's fragment refreshes is lost
+            pick(page, "Run", "cli · 🟢 live")
+            page.locator(".st-key-btn_open_run button").first.click()
+            try:
+                expect(page.get_by_role("heading", name=re.compile(r"Panda · cli$"))).to_be_visible(timeout=20_000)
+                break
+            except AssertionError:
+                continue
         expect(page.get_by_text("running", exact=True).first).to_be_visible()
         lr = page.locator("[data-testid='stSidebar']").get_by_label("Learning rate", exact=True)
         lr.fill("0.05")
