@@ -123,7 +123,9 @@ def test_skip_batches_after_restore_moves_the_data_position(make):
 
 
 def test_nan_loss_is_never_applied_and_pauses_with_an_error(make):
-    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=10)
+    # The CPU guard pauses at the bad step itself; on CUDA the sync-free guard skips it on the device
+    # and pauses at the next read-back (test_sync_free_guard_used_on_cuda_skips_the_bad_step).
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=10, device="cpu")
     run_to(t, 36)
     good = t._capture()
     assert t.set_max_steps(1000).wait().ok
@@ -207,7 +209,7 @@ def test_sync_free_guard_used_on_cuda_skips_the_bad_step(make):
 
 
 def test_the_published_status_shows_an_error_at_once(make):
-    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0)
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0, device="cpu")  # CPU guard: pauses at step 36
     assert t.set_max_steps(100).wait().ok
     t.start().wait()
     assert t.wait(30)
