@@ -98,6 +98,11 @@ def runs_panel() -> None:
                        "paused (not stopped): open it again to go on.")
     with st.expander("Open run", expanded=False):
         st.fragment(run_every=5.0)(_run_list)()  # lists runs started elsewhere (the CLI) unprompted
+        # Outside the refreshing fragment, so a click is never lost to one of its reruns.
+        st.button("Open", key="btn_open_run", on_click=_open_run, width="stretch",
+                  help="Live: attaches to the process that trains it (started here or from the CLI). "
+                       "Idle: resumes it from its latest checkpoint in a new trainer process, with its "
+                       "whole history. Finished: shows it; raise its step limit and Resume to go on.")
 
 
 def _run_list() -> None:
@@ -107,7 +112,3 @@ def _run_list() -> None:
         return
     st.selectbox("Run", list(runs), key="open_name",
                  format_func=lambda n: f"{n} · {STATE_LABELS.get(runs.get(n), runs.get(n, '?'))}")
-    st.button("Open", key="btn_open_run", on_click=_open_run, width="stretch",
-              help="Live: attaches to the process that trains it (started here or from the CLI). "
-                   "Idle: resumes it from its latest checkpoint in a new trainer process, with its "
-                   "whole history. Finished: shows it; raise its step limit and Resume to go on.")
