@@ -13,6 +13,7 @@ and every checkpoint's step (its diamond sits on the curve).
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -141,8 +142,6 @@ def _steps(reader: Reader, where: str, params: tuple) -> np.ndarray:
 
 
 def _evals(reader: Reader, branch: int, after: int, upto: int) -> list[dict]:
-    import json
-
     rows = reader.query("SELECT * FROM evals WHERE branch = ? AND step > ? AND step <= ? ORDER BY step",
                         (branch, after, upto))
     for r in rows:

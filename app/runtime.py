@@ -8,6 +8,7 @@ process serves is shown as its journal left it (`Detached`), and resuming it sta
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -236,8 +237,6 @@ def spawn(args: list[str], run_dir: Path, timeout: float = START_TIMEOUT) -> Run
 
 def create(config: RunConfig, hparams: dict | None = None) -> RunClient:
     """A new run in its own trainer process, ready (not training) until Start."""
-    import json
-
     args = ["run", "--no-start", "--run-dir", config.run_dir, "--task", config.task,
             "--config", json.dumps({k: v for k, v in config.to_dict().items() if k not in ("run_dir", "task")}),
             *hparam_flags(hparams or {})]

@@ -88,3 +88,13 @@ def kill_trainers(root: Path) -> None:
                     os.kill(pid, signal.SIGKILL)
             except (OSError, ValueError, KeyError):
                 pass
+
+
+def broken_journal(d: Path, content: bytes | None) -> Path:
+    """A run directory whose journal.sqlite is `content` (empty, garbage), or a directory when None."""
+    d.mkdir()
+    if content is None:
+        (d / "journal.sqlite").mkdir()
+    else:
+        (d / "journal.sqlite").write_bytes(content)
+    return d

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, broken_journal
 from trainer import snapshot as ckpt
 
 
@@ -125,12 +125,7 @@ def _one_line(r, words):
 @pytest.mark.parametrize("content", [b"", b"garbage" * 200, None], ids=["empty", "corrupt", "directory"])
 @pytest.mark.parametrize("command", ["checkpoints", "export", "resume"])
 def test_a_broken_journal_is_one_line_and_exit_2(tmp_path, content, command):
-    d = tmp_path / "bad"
-    d.mkdir()
-    if content is None:
-        (d / "journal.sqlite").mkdir()
-    else:
-        (d / "journal.sqlite").write_bytes(content)
+    d = broken_journal(tmp_path / "bad", content)
     extra = ["--out", str(tmp_path / "m.csv")] if command == "export" else []
     _one_line(cli(command, "--run-dir", d, *extra), "journal")
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_to
+from conftest import ROOT, broken_journal, run_to
 from trainer import JournalError, Reader, Trainer
 from trainer import snapshot as ckpt
 from trainer.journal import Journal
@@ -253,12 +253,7 @@ def test_a_writable_run_is_read_without_writing(make, tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"not a database at all" * 100, None], ids=["empty", "garbage", "dir"])
 def test_a_broken_journal_is_one_clear_error(tmp_path, content):
-    d = tmp_path / "bad"
-    d.mkdir()
-    if content is None:
-        (d / "journal.sqlite").mkdir()
-    else:
-        (d / "journal.sqlite").write_bytes(content)
+    d = broken_journal(tmp_path / "bad", content)
     with pytest.raises(JournalError):
         Reader(d)
     with pytest.raises(JournalError):
