@@ -31,6 +31,12 @@ def run_to(t, step: int, timeout: float = 120) -> None:
     t.journal.flush()  # its final checkpoint's row too: readers see the run as it came to rest
 
 
+def ends_checkpointed(reader) -> bool:
+    """A stopped run's newest checkpoint is at its last step: 'final', or 'auto' when one fell on that very step."""
+    ck, row = reader.checkpoints()[-1], reader.last_row(reader.checkpoints()[-1]["branch"])
+    return ck["kind"] in ("final", "auto") and ck["step"] == row["step"]
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     """Bit-identical model and optimizer state (a and b are state.capture() dicts or loaded files)."""
     ma, mb = a["model"], b["model"]

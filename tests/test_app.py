@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import PLUGINS, ROOT, run_to
+from conftest import PLUGINS, ROOT, ends_checkpointed, run_to
 from app import runtime
 from trainer import RunConfig, Trainer
 
@@ -99,7 +99,7 @@ def test_start_pause_resume_stop_drive_the_engine(app):
     at.button(key="btn_resume").click().run()
     assert t.status().state == "running"
     at.button(key="btn_stop").click().run()
-    assert t.reader().checkpoints()[-1]["kind"] == "final"
+    assert ends_checkpointed(t.reader())
     assert trainer_processes()[0].wait(30) == 0  # Stop ends the trainer process, cleanly
     at.run()
     assert not at.exception and shown(at).status().state == "idle"

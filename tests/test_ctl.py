@@ -15,7 +15,7 @@ from multiprocessing.connection import AuthenticationError, Client
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_to
+from conftest import ROOT, ends_checkpointed, run_to
 from trainer import Reader, cli
 from trainer.client import NoTrainerError, RunClient, run_state
 from trainer.server import HEARTBEAT, KEY, MAX_REQUEST, SOCKET, RunServer, socket_address
@@ -120,7 +120,7 @@ def test_a_cli_run_babysat_from_ctl(tmp_path, capsys):
         assert p.wait(60) == 0
     assert not any((d / f).exists() for f in (SOCKET, KEY, HEARTBEAT))
     assert run_state(d) == "idle"
-    assert Reader(d).checkpoints()[-1]["kind"] == "final"
+    assert ends_checkpointed(Reader(d))
     r = proc("ctl", "--run-dir", d, "status")
     assert r.returncode == 2 and HINT in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
