@@ -22,6 +22,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
+
+from . import summary
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS steps (
@@ -41,7 +45,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY, step INTEGER, epoch INTEGER, branch INTEGER, path TEXT, wall REAL,
     train_loss REAL, val_loss REAL, hparams TEXT, label TEXT, kind TEXT, parent INTEGER,
     deleted INTEGER NOT NULL DEFAULT 0);
-"""
+""" + summary.SCHEMA
 
 
 class StepRow(NamedTuple):
@@ -173,6 +177,30 @@ class Reader:
             rows += tail[-1:]
         return rows
 
+    def curve(self, branch: int, lo: int | None = None, hi: int | None = None, budget: int = 2000,
+              lineage: list[tuple[int, int, float]] | None = None) -> tuple[np.ndarray, int]:
+        """The lineage's steps lo..hi as units (trainer/summary.py), about `budget` of them at most:
+        single rows when the range fits, else the journal's buckets. Returns (units, bucket width);
+        width 1 means every row. Reads O(budget) rows however long the run."""
+        lineage = lineage or self.lineage(branch)
+        segs = []
+        for b, after, upto in lineage:
+            a = int(after) + 1 if lo is None else max(int(after) + 1, lo)
+            z = upto if hi is None else min(upto, hi)
+            if z == float("inf"):
+                z = self.last_step(b)
+            if int(z) >= a:
+                segs.append((b, a, int(z)))
+        if not segs:
+            return np.empty((0, len(summary.UNIT))), 1
+        try:
+            level = summary.level_for(segs[-1][2] - segs[0][1] + 1, budget)
+            units = np.concatenate([summary.cover(self._con(), b, a, z, level) for b, a, z in segs])
+        except sqlite3.OperationalError:  # an old journal opened read-only, before the summary: single rows
+            level = -1
+            units = np.concatenate([summary.raw_units(self._con(), b, a, z) for b, a, z in segs])
+        return units, 1 if level < 0 else 1 << summary.BITS[level]
+
     def evals(self, branch: int, since_step: int = 0) -> list[dict]:
         """Evaluations on the lineage; a task's own metrics (e.g. val_mae) are columns like the rest."""
         rows = self._lineage_rows("evals", branch, since_step)
@@ -275,6 +303,10 @@ class Journal(Reader):
             self._wcon.execute("PRAGMA journal_mode=WAL")
             self._wcon.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
             self._wcon.executescript(SCHEMA)
+            row = self._wcon.execute("SELECT value FROM meta WHERE key = 'summary'").fetchone()
+            if row is None or json.loads(row[0]) != summary.VERSION:  # written before the summary existed
+                self.transaction([("INSERT OR REPLACE INTO meta VALUES ('summary', ?)", (json.dumps(summary.VERSION),))],
+                                 then=summary.rebuild)
         except sqlite3.DatabaseError as e:
             raise JournalError(f"{path}: not a Panda journal ({e})") from None
         super().__init__(path)
@@ -326,13 +358,17 @@ class Journal(Reader):
         self.execute("INSERT INTO branches VALUES (?, ?, ?, ?, ?, ?)",
                      (bid, parent, fork_step, reason, ckpt, time.time()))
 
-    def transaction(self, statements: list[tuple[str, tuple]]) -> None:
-        """Commit these statements together; call from a submitted job (the writer's connection)."""
+    def transaction(self, statements: list[tuple[str, tuple]],
+                    then: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Commit these statements (and `then(connection)`) together; call from a submitted job
+        (the writer's connection)."""
         con = self._wcon
         con.execute("BEGIN")
         try:
             for stmt, params in statements:
                 con.execute(stmt, params)
+            if then is not None:
+                then(con)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -367,11 +403,16 @@ class Journal(Reader):
         if not any(batch):
             return
         sql, steps, evals, events = batch
+        touched: dict[int, tuple[int, int]] = {}
+        for r in steps:
+            lo, hi = touched.get(r[0], (r[1], r[1]))
+            touched[r[0]] = (min(lo, r[1]), max(hi, r[1]))
         try:
             self.transaction([*sql, *((_insert("steps", 11), tuple(r)) for r in steps),
                               *((_insert("evals", 9), tuple(r)) for r in evals),
                               *(("INSERT INTO events (wall, step, branch, kind, message, data) "
-                                 "VALUES (?, ?, ?, ?, ?, ?)", e) for e in events)])
+                                 "VALUES (?, ?, ?, ?, ?, ?)", e) for e in events)],
+                             then=lambda con: summary.update(con, touched))
         except Exception as e:
             for q, rows in zip((self._sql, self._steps, self._evals, self._events), batch):
                 q.extendleft(reversed(rows))  # kept, in order, for the next try
