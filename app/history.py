@@ -1,166 +1,221 @@
-"""The live view's history of a run, read incrementally: each tick reads only what the journal gained.
+"""What the loss chart draws of a run, read from the journal's summary: O(points) rows per tick.
 
-One `History` per (run, branch) is shared by every session of this server. It keeps the lineage's
-per-step columns as NumPy arrays: the segments of ancestor branches are read once (they never change
-again), and each tick appends only the tip branch's new rows, new evaluations and new events.
-Checkpoints (a few rows, some retired while training) and the abandoned branches are re-read only
-when their tables changed.
-
-`view()` then picks at most about `max_points` rows to draw: the first and last, each bucket's min
-and max loss (so a spike is never hidden by sampling), every row where a hyperparameter changes,
-and every checkpoint's step (its diamond sits on the curve).
+`Reader.curve` gives a range of the lineage as units (single rows, or the journal's buckets with
+their min and max and where they fell). Here they become the curves to draw:
+- the raw loss: every unit's min and max point, then MinMaxLTTB (tsdownsample) down to the
+  chart's width, which keeps each extreme at its own step: no spike is ever sampled away;
+- the smoothed loss: TensorBoard's debiased EMA per step, carried over a bucket by its mean;
+- the hyperparameter timeline (each unit's last values) and the x positions on every axis;
+- the markers: every checkpoint, hyperparameter change, restore and spike on the lineage, at its
+  own step, whatever the sampling.
+Nothing is cached between ticks: at 10^6 steps a full read is a few milliseconds.
 """
 from __future__ import annotations
 
-import itertools
 import json
-import threading
-import time
-from collections import OrderedDict
+from typing import Any
 
 import numpy as np
+from tsdownsample import MinMaxLTTBDownsampler
 
 from trainer import Reader
+from trainer.summary import UNIT
 
-COLS = ("step", "epoch", "loss", "lr", "momentum", "weight_decay", "batch_size", "wall")
-HPARAM_COLS = ("lr", "momentum", "weight_decay", "batch_size")
+U = {name: i for i, name in enumerate(UNIT)}
 MARKER_EVENTS = ("hparams", "restore")
-KEEP = 8  # histories kept (runs x branches recently viewed)
-BRANCH_POINTS = 500
+POINTS = 500  # drawn points of the raw curve; the chart is about this many pixels wide
+BUDGET = 2000  # units read for a range: the coarsest resolution that still beats the chart's pixels
+ZOOM_BUDGET = 20_000  # a zoomed range this long or shorter is read row by row
+ZOOM_POINTS = 4000  # ... and drawn whole up to this many rows (MinMaxLTTB beyond)
+BRANCH_POINTS = 150
+EVAL_POINTS = 300
+SPIKE_WINDOW = 31  # units around a point that say what "normal" is
+SPIKE_MADS = 10.0
+SPIKE_RATIO = 3.0
+SPIKE_MOST = 25  # spike markers per view, the tallest
+X_AXES = ("step", "epoch", "time", "train time")
 
 
-class History:
-    def __init__(self, reader: Reader, branch: int):
-        self.branch = branch
-        self.lineage = reader.lineage(branch)
-        self._lock = threading.Lock()
-        self._cols = {c: np.empty(0, dtype=np.float64) for c in COLS}
-        self.n = 0
-        self.evals: list[dict] = []
-        self.events: list[dict] = []
-        self._event_id = 0
-        self._tip_after = self.lineage[-1][1]  # the tip branch's rows come after its fork step
-        self._ckpt_key: tuple | None = None
-        self.checkpoints: list[dict] = []
-        self._branches_key: tuple | None = None
-        self.branches: list[dict] = []
-        for b, after, upto in self.lineage[:-1]:  # closed segments: read once
-            self._append(_steps(reader, "branch = ? AND step > ? AND step <= ?", (b, after, upto)))
-            self.evals += _evals(reader, b, after, upto)
-
-    # --- reading -------------------------------------------------------------------------------
-    def update(self, reader: Reader) -> History:
-        """Append what the journal gained since the last update (rows, evaluations, events)."""
-        with self._lock:
-            tip = self.lineage[-1][0]
-            last = int(self._cols["step"][self.n - 1]) if self.n else self._tip_after
-            last = max(last, self._tip_after)
-            self._append(_steps(reader, "branch = ? AND step > ?", (tip, last)))
-            last_eval = self.evals[-1]["step"] if self.evals else self._tip_after
-            self.evals += _evals(reader, tip, max(last_eval, self._tip_after), 2 ** 62)
-            new = reader.events(since_id=self._event_id, limit=100_000, kinds=MARKER_EVENTS)
-            if new:
-                self._event_id = new[-1]["id"]
-                self.events += [e for e in new if Reader.on_lineage(e["branch"], e["step"], self.lineage)]
-            key = tuple(reader.query("SELECT COUNT(*) AS n, MAX(id) AS i, SUM(deleted) AS d FROM checkpoints")[0].values())
-            if key != self._ckpt_key:
-                self._ckpt_key = key
-                self.checkpoints = [c for c in reader.checkpoints() if Reader.on_lineage(c["branch"], c["step"], self.lineage)]
-            key = (len(reader.branches()), int(time.monotonic() // 10))  # abandoned paths: re-read now and then
-            if key != self._branches_key:
-                self._branches_key = key
-                self.branches = reader.other_branches(self.branch, max_points=BRANCH_POINTS)
-        return self
-
-    def _append(self, block: np.ndarray) -> None:
-        """Append rows given as a (k, len(COLS)) float array."""
-        if not len(block):
-            return
-        need = self.n + len(block)
-        if need > len(self._cols["step"]):
-            cap = max(need, 2 * len(self._cols["step"]), 1024)
-            for c, a in self._cols.items():
-                grown = np.empty(cap, dtype=np.float64)
-                grown[:self.n] = a[:self.n]
-                self._cols[c] = grown
-        for i, c in enumerate(COLS):
-            self._cols[c][self.n:need] = block[:, i]
-        self.n = need
-
-    # --- drawing -------------------------------------------------------------------------------
-    def column(self, name: str) -> np.ndarray:
-        return self._cols[name][:self.n]
-
-    def picks(self, max_points: int) -> np.ndarray:
-        """Indices of the rows to draw, in order (see the module's docstring)."""
-        n = self.n
-        if n <= max_points:
-            return np.arange(n)
-        loss = np.nan_to_num(self.column("loss"), nan=0.0, posinf=np.finfo(np.float64).max,
-                             neginf=np.finfo(np.float64).min)
-        buckets = max(1, max_points // 2)
-        width = -(-n // buckets)
-        pad = buckets * width - n
-        lo = np.concatenate([loss, np.full(pad, np.inf)]).reshape(buckets, width)
-        hi = np.concatenate([loss, np.full(pad, -np.inf)]).reshape(buckets, width)
-        base = np.arange(buckets) * width
-        keep = [base + lo.argmin(axis=1), base + hi.argmax(axis=1), np.array([0, n - 1])]
-        for c in HPARAM_COLS:  # where a step function changes, and the row before (drawn as steps)
-            a = self.column(c)
-            ch = np.flatnonzero(a[1:] != a[:-1])
-            keep += [ch, ch + 1]
-        steps = self.column("step")
-        marks = np.array([c["step"] for c in self.checkpoints], dtype=np.float64)
-        if len(marks):
-            at = np.searchsorted(steps, marks)
-            keep.append(at[(at < n) & (steps[np.minimum(at, n - 1)] == marks)])
-        idx = np.unique(np.concatenate(keep))
-        return idx[idx < n]
-
-    def rows(self, max_points: int) -> list[dict]:
-        """The rows to draw, as plain dicts (what app.figures takes)."""
-        with self._lock:
-            idx = self.picks(max_points)
-            cols = {c: self.column(c)[idx] for c in COLS}
-        out = []
-        for i in range(len(idx)):
-            r = {c: (None if np.isnan(v := cols[c][i]) else float(v)) for c in COLS}
-            r["step"] = int(r["step"])
-            r["batch_size"] = None if r["batch_size"] is None else int(r["batch_size"])
-            out.append(r)
-        return out
+def downsample(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:
+    """Indices of at most about n points of (x, y), x ascending, that keep every local extreme."""
+    if len(x) <= n:
+        return np.arange(len(x))
+    ok = np.flatnonzero(np.isfinite(y))
+    if len(ok) <= n:
+        return ok
+    keep = MinMaxLTTBDownsampler().downsample(x[ok].astype(np.float64), y[ok].astype(np.float64), n_out=n)
+    return ok[np.asarray(keep, dtype=np.int64)]
 
 
-def _steps(reader: Reader, where: str, params: tuple) -> np.ndarray:
-    """Step rows as a float array (NULL as NaN), read as tuples: a million rows in about a second."""
-    rows = reader._con().execute(f"SELECT {', '.join(COLS)} FROM steps WHERE {where} ORDER BY step", params).fetchall()
-    try:
-        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.float64, count=len(rows) * len(COLS))
-        return flat.reshape(len(rows), len(COLS))
-    except TypeError:  # a NULL somewhere (a loss never read back)
-        return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+def extremes(units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's min and max as points (step, loss), in step order; a single row is one point."""
+    steps = np.column_stack([units[:, U["min_step"]], units[:, U["max_step"]]])
+    losses = np.column_stack([units[:, U["min_loss"]], units[:, U["max_loss"]]])
+    flip = steps[:, 0] > steps[:, 1]
+    steps[flip], losses[flip] = steps[flip][:, ::-1], losses[flip][:, ::-1]
+    steps, losses = steps.ravel(), losses.ravel()
+    first = np.r_[True, steps[1:] != steps[:-1]]
+    both = first & ~np.isnan(steps)
+    return steps[both].astype(np.int64), losses[both]
 
 
-def _evals(reader: Reader, branch: int, after: int, upto: int) -> list[dict]:
-    rows = reader.query("SELECT * FROM evals WHERE branch = ? AND step > ? AND step <= ? ORDER BY step",
-                        (branch, after, upto))
+def ema(units: np.ndarray, smoothing: float) -> np.ndarray:
+    """TensorBoard's debiased EMA at each unit's last step, applied per step: a bucket of n steps
+    with mean m moves the average as n steps of m would. Exact for single rows."""
+    if not 0 <= smoothing < 1:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    out = [float("nan")] * len(units)
+    last = count = 0.0
+    # plain floats: a Python loop over NumPy scalars costs ten times as much
+    for i, (n, total) in enumerate(zip(units[:, U["n_fin"]].tolist(), units[:, U["sum_loss"]].tolist())):
+        if n <= 0:
+            continue
+        keep = smoothing ** n
+        last = keep * last + (1 - keep) * total / n
+        count += n
+        debias = 1 - smoothing ** count
+        out[i] = last / debias if debias > 0 else total / n
+    return np.array(out)
+
+
+def spikes(units: np.ndarray) -> np.ndarray:
+    """Indices of units whose max loss stands far above the max of the units around it (robust: the
+    median and the median absolute deviation over a window), at most SPIKE_MOST, the tallest first.
+    Comparing maxima with maxima keeps a bucket of noisy steps from looking like a spike."""
+    top = units[:, U["max_loss"]]
+    if len(units) < 5:
+        return np.flatnonzero(np.isposinf(top))
+    half = SPIKE_WINDOW // 2
+    win = np.lib.stride_tricks.sliding_window_view(np.pad(np.where(np.isfinite(top), top, np.nan), half,
+                                                          mode="edge"), SPIKE_WINDOW)
+    median = np.median if np.isfinite(top).all() else np.nanmedian  # the first is five times faster
+    with np.errstate(all="ignore"):
+        med = median(win, axis=1)
+        mad = median(np.abs(win - med[:, None]), axis=1)
+        ratio = top / np.abs(med)
+        hit = np.flatnonzero((top > med + SPIKE_MADS * mad) & (ratio > SPIKE_RATIO) | np.isposinf(top))
+    return np.sort(hit[np.argsort(-ratio[hit], kind="stable")[:SPIKE_MOST]])
+
+
+def robust_range(units: np.ndarray, log: bool) -> list[float] | None:
+    """A y range that ignores outliers: the lineage's loss with isolated spikes filtered out (a
+    running median of the units' max and min), so a divergence cannot flatten the curve."""
+    hi, lo = units[:, U["max_loss"]], units[:, U["min_loss"]]
+    ok = np.isfinite(hi) & np.isfinite(lo) & ((lo > 0) if log else True)
+    if ok.sum() < 3:
+        return None
+    hi, lo = hi[ok], lo[ok]
+    k = min(9, len(hi) // 2 * 2 - 1)
+    w = np.lib.stride_tricks.sliding_window_view(np.pad(hi, k // 2, mode="edge"), k)
+    top = float(np.percentile(np.median(w, axis=1), 99))
+    bottom = float(np.min(lo))
+    if log:
+        a, b = np.log10(bottom), np.log10(max(top, bottom * 1.0001))
+        pad = 0.05 * (b - a)
+        return [a - pad, b + pad]
+    pad = 0.08 * (top - bottom) or abs(top) * 0.1 or 1.0
+    return [bottom - pad, top + pad]
+
+
+def positions(units: np.ndarray, busy_before: float = 0.0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each x axis: (unit last steps, that axis's value there), to place any step by interpolation."""
+    at = units[:, U["last_step"]]
+    return {"epoch": (at, units[:, U["epoch"]]), "time": (at, units[:, U["wall"]]),
+            "train time": (at, busy_before + np.cumsum(units[:, U["busy"]]))}
+
+
+def place(steps, pos: dict, axis: str) -> np.ndarray:
+    """x values of these steps on `axis` (step, epoch, wall time in s, training time in s)."""
+    steps = np.asarray(steps, dtype=np.float64)
+    if axis == "step":
+        return steps
+    at, val = pos[axis]
+    return np.interp(steps, at, val) if len(at) else steps
+
+
+def loss_view(reader: Reader, branch: int, *, zoom: tuple[int, int] | None = None, smoothing: float = 0.6,
+              points: int | None = None, branches: bool = True) -> dict[str, Any]:
+    """Everything the loss chart draws for `branch`'s lineage, over the zoomed range or the whole run."""
+    lineage = reader.lineage(branch)
+    lo, hi = zoom if zoom else (None, None)
+    points = points or (ZOOM_POINTS if zoom else POINTS)
+    units, width = reader.curve(branch, lo, hi, budget=ZOOM_BUDGET if zoom else BUDGET, lineage=lineage)
+    busy_before = float(reader.curve(branch, None, lo - 1, budget=50, lineage=lineage)[0][:, U["busy"]].sum()) \
+        if zoom and lo > 1 else 0.0
+    step, loss = extremes(units)
+    keep = downsample(step, loss, points)
+    smooth = ema(units, smoothing)
+    ok = np.flatnonzero(np.isfinite(smooth))
+    sk = ok[downsample(units[ok, U["last_step"]], smooth[ok], points // 2)]
+    bad = units[~np.isfinite(units[:, U["max_loss"]]) | (units[:, U["n_loss"]] < units[:, U["n"]])]
+    first, last = (int(units[0, U["first_step"]]), int(units[-1, U["last_step"]])) if len(units) else (0, 0)
+    out = {
+        "lineage": lineage, "width": width, "range": (first, last), "zoom": zoom, "units": units,
+        "step": step[keep], "loss": loss[keep],
+        "smooth_step": units[sk, U["last_step"]].astype(np.int64), "smooth": smooth[sk],
+        "spikes": [(int(units[i, U["max_step"]]), float(units[i, U["max_loss"]])) for i in spikes(units)],
+        "nonfinite": [int(u[U["max_step"]] if np.isinf(u[U["max_loss"]]) else u[U["last_step"]]) for u in bad],
+        "positions": positions(units, busy_before),
+        "events": [e for e in reader.events(limit=100_000, kinds=MARKER_EVENTS)
+                   if Reader.on_lineage(e["branch"], e["step"], lineage) and first <= e["step"] + 1 <= last + 1],
+        "checkpoints": [c for c in reader.checkpoints()
+                        if Reader.on_lineage(c["branch"], c["step"], lineage) and first <= c["step"] <= last],
+        "evals": evals(reader, lineage, first, last),
+        "branches": other_branches(reader, branch, lineage, smoothing, lo or 1, hi) if branches else [],
+    }
+    return out
+
+
+def other_branches(reader: Reader, branch: int, lineage: list, smoothing: float, lo: int,
+                   hi: int | None) -> list[dict]:
+    """The abandoned paths seen from `branch` (Reader.other_branches' rule), each as a smoothed,
+    downsampled curve over lo..hi (hi None: to its end)."""
+    mine = {b for b, _, _ in lineage}
+    paths = [(b["id"], b["parent"], b["fork_step"]) for b in reader.branches() if b["id"] not in mine]
+    paths += [(b, None, int(upto)) for b, _, upto in lineage if upto != float("inf")]
+    out = []
+    for bid, parent, fork in paths:
+        own = [(bid, fork, float("inf"))]
+        units, _ = reader.curve(bid, max(lo, fork + 1), hi, budget=BRANCH_POINTS * 2, lineage=own)
+        if not len(units):
+            continue
+        smooth = ema(units, smoothing)
+        ok = np.flatnonzero(np.isfinite(smooth))
+        keep = ok[downsample(units[ok, U["last_step"]], smooth[ok], BRANCH_POINTS)]
+        out.append({"id": bid, "fork_step": fork, "step": units[keep, U["last_step"]].astype(np.int64),
+                    "smooth": smooth[keep], "positions": positions(units)})
+    return out
+
+
+def evals(reader: Reader, lineage: list, lo: int, hi: int, most: int = EVAL_POINTS) -> list[dict]:
+    """The lineage's evaluations in lo..hi; when there are many, each stretch's first, last, best and
+    worst val loss (so an evaluation that went wrong is still drawn)."""
+    rows = []
+    for b, after, upto in lineage:
+        a, z = max(int(after) + 1, lo), int(min(upto, hi))
+        if z >= a:
+            rows += reader.query("SELECT * FROM evals WHERE branch = ? AND step >= ? AND step <= ? ORDER BY step",
+                                 (b, a, z))
+    if len(rows) > most:
+        groups = np.array_split(np.arange(len(rows)), most // 4)
+        pick = set()
+        for g in groups:
+            vals = [rows[i]["val_loss"] if rows[i]["val_loss"] is not None else np.nan for i in g]
+            pick |= {int(g[0]), int(g[-1])}
+            if not np.all(np.isnan(vals)):
+                pick |= {int(g[np.nanargmin(vals)]), int(g[np.nanargmax(vals)])}
+        rows = [rows[i] for i in sorted(pick)]
     for r in rows:
         r.update(json.loads(r.pop("extra") or "{}"))
     return rows
 
 
-_CACHE: OrderedDict[tuple, History] = OrderedDict()
-_CACHE_LOCK = threading.Lock()
-
-
-def history(reader: Reader, run_dir: str, branch: int) -> History:
-    """The up-to-date history of `branch` in `run_dir`, shared by every session."""
-    key = (run_dir, branch)
-    with _CACHE_LOCK:
-        h = _CACHE.get(key)
-        if h is None:
-            h = _CACHE[key] = History(reader, branch)
-        _CACHE.move_to_end(key)
-        while len(_CACHE) > KEEP:
-            _CACHE.popitem(last=False)
-    return h.update(reader)
+def last_smoothed(reader: Reader, branch: int, smoothing: float) -> float | None:
+    """The smoothed loss now, for the metrics row: the EMA over the lineage's last ~2,000 steps."""
+    last = reader.last_row(branch)
+    if last is None:
+        return None
+    units, _ = reader.curve(branch, max(1, last["step"] - 2000), last["step"], budget=2001)
+    s = ema(units, smoothing)
+    ok = s[np.isfinite(s)]
+    return float(ok[-1]) if len(ok) else None

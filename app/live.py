@@ -4,32 +4,27 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from trainer import Reader, Status
 
-from . import figures
-from .history import history
+from . import figures, history, view_options
 from .common import fmt, follow_live, reader, status
 
-MAX_POINTS = 500  # rows drawn on the loss chart: each bucket's min and max, so no spike is hidden
 TICK = 1.0
 SIDE_EVERY = 5  # the side charts refresh every fifth tick (evaluations are less frequent than steps)
-SMOOTH_TAIL = 2000  # the metrics row's smoothed loss: the EMA over the last rows (0.99^2000 ~ 2e-9)
 
 
-def snapshot(s: Status, j: Reader) -> dict:
-    """Everything the charts draw: the run's history on the branch `s` is on, read incrementally
-    (app/history.py) and picked down to about MAX_POINTS rows, spikes and markers kept."""
-    h = history(j, s.run.run_dir, s.branch)
-    return {
-        "status": s,
-        "metrics": h.rows(MAX_POINTS),
-        "evals": figures.thin(h.evals, MAX_POINTS // 4),
-        "events": list(h.events),
-        "checkpoints": list(h.checkpoints),
-        "branches": h.branches,
-    }
+def loss_figure_for(run_dir: str, branch: int, *, zoom: tuple[int, int] | None = None,
+                    options: dict | None = None, j: Reader | None = None) -> go.Figure:
+    """One tick of the loss chart, without Streamlit: the journal reads and the figure."""
+    o = {**view_options.DEFAULTS, **(options or {})}
+    j = j or Reader(run_dir)
+    view = history.loss_view(j, branch, zoom=zoom, smoothing=o["smoothing"], branches=o["branches"])
+    return figures.loss_figure(view, log_y=o["log_y"], x_axis=o["x_axis"], robust=o["robust"],
+                               compare=view_options.compare_curves(run_dir, o["compare"], o["smoothing"]),
+                               revision=f"{run_dir}|{o['x_axis']}|{o['log_y']}|{zoom}")
 
 
 def _eta(s: Status) -> str:
@@ -71,27 +66,47 @@ def live_header() -> None:
     if s.state == "error":
         st.error(f"**Training paused on an error.** {s.error}  \nChange a hyperparameter and Resume, or "
                  "restore a checkpoint below and go on.")
-    tail = history(reader(), s.run.run_dir, s.branch).column("loss")[-SMOOTH_TAIL:]
-    smooth = figures.ema(tail.tolist(), st.session_state.get("smoothing", 0.6))
-    metrics_row(s, smooth[-1] if smooth else None)
+    metrics_row(s, history.last_smoothed(reader(), s.branch, view_options.get()["smoothing"]))
     follow_live(s)  # buttons, fields and the refresh timer follow a new state
 
 
-def _revision(s: Status) -> str:
-    return f"{s.run.run_dir}|{st.session_state.get('x_axis', 'step')}|{st.session_state.get('log_y', False)}"
-
-
 def loss_chart() -> None:
-    """The loss curve with its markers and hyperparameter timeline, once a second while training."""
+    """The loss curve with its markers and hyperparameter timeline, once a second while training.
+    A box drawn on it zooms to that range at full resolution."""
     s = status()
-    data = snapshot(s, reader())
-    if not data["metrics"]:
+    ss = st.session_state
+    zoom = ss.get("_zoom", {}).get(s.run.run_dir)
+    o = view_options.get()
+    if zoom:
+        c1, c2 = st.columns([4, 1])
+        c1.caption(f"Zoomed to steps {zoom[0]:,}–{zoom[1]:,}: every step drawn (up to {history.ZOOM_POINTS:,}), "
+                   "spikes and markers at their own step.")
+        c2.button("↔ Whole run", key="btn_whole_run", on_click=_unzoom, args=(s.run.run_dir,), width="stretch")
+    fig = loss_figure_for(s.run.run_dir, s.branch, zoom=zoom, options=o, j=reader())
+    if not s.step and not zoom:
         st.info("No steps yet. Press **Start** to train; the loss curve appears here within seconds.")
-    fig = figures.loss_figure(data["metrics"], data["evals"], data["events"], data["checkpoints"],
-                              data["branches"], smoothing=st.session_state.get("smoothing", 0.6),
-                              log_y=st.session_state.get("log_y", False),
-                              x_axis=st.session_state.get("x_axis", "step"), revision=_revision(s))
-    st.plotly_chart(fig, key="loss_chart", config={"displaylogo": False})
+    event = st.plotly_chart(fig, key="loss_chart", on_select="rerun", selection_mode="box",
+                            config={"displaylogo": False})
+    _on_select(event, s.run.run_dir, o["x_axis"])
+
+
+def _unzoom(run_dir: str) -> None:
+    st.session_state.setdefault("_zoom", {}).pop(run_dir, None)
+
+
+def _on_select(event, run_dir: str, x_axis: str) -> None:
+    """A new box (in steps) zooms to its range. Each box is acted on once: plotly re-sends a
+    standing box whenever the data under it change."""
+    ss = st.session_state
+    boxes = [b.get("x") for b in ((event or {}).get("selection") or {}).get("box") or []]
+    if not boxes or repr(boxes[-1]) == ss.get("_seen_box"):
+        return
+    ss["_seen_box"] = repr(boxes[-1])
+    if x_axis == "step" and len(boxes[-1] or []) == 2:
+        lo, hi = sorted(int(round(float(v))) for v in boxes[-1])
+        if hi - lo >= 2:
+            ss.setdefault("_zoom", {})[run_dir] = (max(1, lo), hi)
+            st.rerun(scope="fragment")
 
 
 def side_charts() -> None:
@@ -104,13 +119,13 @@ def side_charts() -> None:
     elif s.run.has_grid:
         st.caption("The decision boundary appears at the first evaluation.")
     if s.run.metrics:
-        h = history(reader(), s.run.run_dir, s.branch)
-        evals = figures.thin(h.evals, MAX_POINTS // 4)
+        o = view_options.get()
+        zoom = st.session_state.get("_zoom", {}).get(s.run.run_dir)
+        view = history.loss_view(reader(), s.branch, zoom=zoom, smoothing=o["smoothing"], branches=False)
         for name in s.run.metrics:  # every metric the task declares, e.g. acc or a plugin's mae
-            st.plotly_chart(figures.metric_figure(evals, name, h.rows(MAX_POINTS // 4),
-                                                  x_axis=st.session_state.get("x_axis", "step"),
-                                                  revision=_revision(s)), key=f"metric_chart_{name}",
-                            config={"displayModeBar": False})
+            st.plotly_chart(figures.metric_figure(view, name, x_axis=o["x_axis"],
+                                                  revision=f"{s.run.run_dir}|{o['x_axis']}|{zoom}"),
+                            key=f"metric_chart_{name}", config={"displayModeBar": False})
 
 
 def live_view(every: float) -> None:
@@ -128,11 +143,8 @@ def live_view(every: float) -> None:
 
 
 def chart_options() -> None:
-    c1, c2, c3 = st.columns([2, 1.2, 1])
-    c1.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
-              help="TensorBoard's debiased exponential moving average of the train loss.")
-    c2.segmented_control("X axis", ["step", "epoch", "time"], default="step", key="x_axis")
-    c3.toggle("Log scale (loss)", key="log_y")
+    """The chart's options, kept per run across reloads (runs/.views/<run>.json)."""
+    view_options.widgets()
 
 
 def event_log() -> None:

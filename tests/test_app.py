@@ -287,3 +287,23 @@ def test_opening_a_run_dir_from_the_command_line(app, tmp_path):
     assert not trainer_processes()
     fig = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert values(next(tr for tr in fig["data"] if tr.get("name") == "train loss")["x"])[-1] == 25
+
+
+def test_compare_overlays_other_runs_and_the_chart_options_survive_a_reload(app, tmp_path):
+    runs = tmp_path / "runs"
+    idle_run(runs / "other", "quadratic", 30)
+    idle_run(runs / "mine", "quadratic", 40)
+    at = app(run_dir=str(runs / "mine"))
+    at.multiselect(key="opt_compare").select("other")
+    at.toggle(key="opt_robust").set_value(False)
+    at.toggle(key="opt_branches").set_value(False)
+    at.run()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    overlay = [tr for tr in fig["data"] if tr.get("name", "").startswith("other · quadratic · lr 0.01 · momentum 0")]
+    assert overlay and values(overlay[0]["x"])[-1] == 30  # the other run's curve, to its last step
+    assert "range" not in fig["layout"]["yaxis"]  # Ignore outliers off: plotly's own autorange
+    again = app(run_dir=str(runs / "mine"))  # a reload: a new session on the same run
+    assert again.multiselect(key="opt_compare").value == ["other"]
+    assert again.toggle(key="opt_robust").value is False and again.toggle(key="opt_branches").value is False
+    fig = json.loads(again.get("plotly_chart")[0].proto.spec)
+    assert any(tr.get("name", "").startswith("other · quadratic") for tr in fig["data"])

@@ -97,6 +97,7 @@ def plot(page, index=0):
         if (!el || !el.data) return null;
         // _fullData holds the arrays decoded (plotly sends NumPy data as base64)
         return {data: (el._fullData || el.data).map(t => ({name: t.name, n: (t.x || []).length,
+                                                         last: (t.x || [])[(t.x || []).length - 1],
                                                          y: Array.from(t.y || []).slice(-3)})),
                 annotations: ((el.layout || {}).annotations || []).map(a => a.text)};
     }""", index)
@@ -178,7 +179,7 @@ def test_babysitting_session(server, page):
             continue
 
     first = wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > 0 and t, "the first loss points")
-    wait_for(lambda: (t := trace(plot(page), "train loss")) and t["n"] > first["n"], "the curve to grow")
+    wait_for(lambda: (t := trace(plot(page), "train loss")) and t["last"] > first["last"], "the curve to grow")
 
     page.get_by_label("Checkpoint label").fill("e2e-save")
     page.get_by_role("button", name="Save checkpoint", exact=True).click()
@@ -333,3 +334,73 @@ def test_attach_to_a_cli_run_survive_kill_9_of_either_side(tmp_path, bare_page):
         for p in procs:
             p.kill()
         kill_trainers(runs)
+
+
+def long_run(d: Path, steps: int, spike_at: int) -> None:
+    """A real quadratic run closed at step 20, its journal then extended to `steps` rows through the
+    journal's own writer (a long history in seconds), one loss spike planted."""
+    from conftest import run_to
+    from trainer import RunConfig, Trainer
+    from trainer.journal import Journal, StepRow
+
+    t = Trainer.create(RunConfig(task="quadratic", run_dir=str(d)))
+    run_to(t, 20)
+    t.set_max_steps(0).wait()
+    t.close()
+    j = Journal(d / "journal.sqlite")
+    rng = __import__("numpy").random.default_rng(0)
+    loss = 0.5 + 0.05 * rng.random(steps)
+    loss[spike_at - 1] = 25.0
+    for a in range(20, steps, 20_000):
+        j.log_steps([StepRow(0, s + 1, s / 10, float(loss[s]), 0.1, 0.0, 0.0, 32, 1.0, 3200.0, 1.7e9 + s)
+                     for s in range(a, min(steps, a + 20_000))])
+        j.flush()
+    j.execute("INSERT INTO checkpoints (id, step, epoch, branch, path, wall, val_loss, hparams, label, kind) "
+              "VALUES (99, 50000, 0, 0, 'checkpoints/mid.pt', 0, 0.4, '{}', 'mid', 'manual')")
+    j.close()
+
+
+def loss_plot(page):
+    return page.evaluate("""() => {
+        for (const el of document.querySelectorAll('.js-plotly-plot')) {
+            const d = el._fullData || [];
+            const t = d.find(t => t.name === 'train loss');
+            if (t) return {x: Array.from(t.x), y: Array.from(t.y),
+                           spikes: (d.find(t => t.name === 'spike') || {x: []}).x.length};
+        }
+        return null;
+    }""")
+
+
+def test_a_long_run_box_selected_zooms_to_every_step(tmp_path, bare_page):
+    """10^5 steps: the whole run shows the planted spike; a box drawn on the chart redraws that range
+    step by step; Whole run returns."""
+    from playwright.sync_api import expect
+
+    page, runs = bare_page, tmp_path / "runs"
+    long_run(runs / "long", 100_000, spike_at=61_234)
+    url, proc = start_server(runs, "--run-dir", runs / "long")
+    try:
+        first_page(page, url)
+        whole = wait_for(lambda: (p := loss_plot(page)) and p["x"] and p["x"][-1] == 100_000 and p, "the whole run")
+        assert 61_234 in whole["x"] and whole["y"][whole["x"].index(61_234)] == 25.0 and whole["spikes"] >= 1
+        assert len(whole["x"]) <= 600
+        drag = page.locator(".js-plotly-plot .nsewdrag[data-subplot='xy']").first
+        drag.scroll_into_view_if_needed()
+        box = drag.bounding_box()
+        y0, y1 = box["y"] + box["height"] * 0.1, box["y"] + box["height"] * 0.9
+        page.mouse.move(box["x"] + box["width"] * 0.40, y0)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.43, y1, steps=8)
+        page.mouse.up()
+        caption = page.get_by_text(re.compile(r"Zoomed to steps [\d,]+–[\d,]+"))
+        expect(caption).to_be_visible(timeout=30_000)
+        lo, hi = (int(v.replace(",", "")) for v in re.search(r"steps ([\d,]+)–([\d,]+)", caption.inner_text()).groups())
+        assert 30_000 < lo < hi < 50_000 and hi - lo > 1000
+        zoomed = wait_for(lambda: (p := loss_plot(page)) and p["x"] and p["x"][0] == lo and p, "the zoomed range")
+        assert zoomed["x"] == list(range(lo, hi + 1))  # every step of the range, none sampled away
+        page.locator(".st-key-btn_whole_run button").click()
+        expect(caption).to_be_hidden(timeout=30_000)
+        wait_for(lambda: (p := loss_plot(page)) and p["x"] and p["x"][-1] == 100_000 and p["x"][0] == 1, "the whole run again")
+    finally:
+        proc.kill()
