@@ -33,7 +33,6 @@ SPIKE_WINDOW = 31  # units around a point that say what "normal" is
 SPIKE_MADS = 10.0
 SPIKE_RATIO = 3.0
 SPIKE_MOST = 25  # spike markers per view, the tallest
-X_AXES = ("step", "epoch", "time", "train time")
 
 
 def downsample(x: np.ndarray, y: np.ndarray, n: int) -> np.ndarray:

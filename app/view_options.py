@@ -12,11 +12,11 @@ import streamlit as st
 from trainer import Reader
 
 from . import history, runtime
-from .figures import fmt3
+from .figures import X_TITLES, fmt3
 
 DEFAULTS = {"smoothing": 0.6, "x_axis": "step", "log_y": False, "robust": True, "branches": True, "compare": []}
 KEYS = {k: f"opt_{k}" for k in DEFAULTS}
-X_AXES = ["step", "epoch", "time", "train time"]
+X_AXES = list(X_TITLES)
 COMPARE_MOST = 5
 
 

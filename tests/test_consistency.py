@@ -153,10 +153,10 @@ def test_a_failed_write_pauses_the_run_keeps_the_rows_and_says_so(make, tmp_path
     real = Journal.transaction
     broken = {"on": True}
 
-    def transaction(self, statements):
+    def transaction(self, statements, then=None):
         if broken["on"]:
             raise sqlite3.OperationalError("database or disk is full")
-        return real(self, statements)
+        return real(self, statements, then)
 
     monkeypatch.setattr(Journal, "transaction", transaction)
     t.start().wait()  # its own journal write fails too, and says so
@@ -193,9 +193,9 @@ def test_a_failed_checkpoint_file_is_an_error_not_silence(make, tmp_path, monkey
 def test_cli_exits_nonzero_when_the_journal_cannot_be_written(tmp_path):
     code = ("import sqlite3, sys; from trainer import journal, cli\n"
             "real = journal.Journal.transaction\n"
-            "def t(self, st):\n"
+            "def t(self, st, then=None):\n"
             "    if any('steps' in s for s, _ in st): raise sqlite3.OperationalError('disk I/O error')\n"
-            "    return real(self, st)\n"
+            "    return real(self, st, then)\n"
             "journal.Journal.transaction = t\n"
             f"sys.exit(cli.main(['run', '--task', 'quadratic', '--run-dir', {str(tmp_path / 'r')!r}, "
             "'--max-steps', '100000']))\n")
