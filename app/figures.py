@@ -210,9 +210,7 @@ def loss_figure(view: dict, *, log_y: bool = False, x_axis: str = "step", robust
     first, last = view["range"]
     for g in marker_groups(view["events"], max(1.0, (last - first) / 60)):
         xv = X([g["steps"][0]])[0]
-        xv = xv.item() if hasattr(xv, "item") else xv
-        if x_axis == "time":
-            xv = str(np.datetime64(xv, "ms")) if not isinstance(xv, str) else xv
+        xv = str(xv) if x_axis == "time" else xv.item()  # a layout value, not an array element
         layout["shapes"].append({"type": "line", "x0": xv, "x1": xv, "xref": "x", "y0": 0, "y1": 1, "yref": "paper",
                                  "opacity": 0.7, "line": {"dash": "dot", "width": 1,
                                                           "color": RED if g["restore"] else "#7c3aed"}})

@@ -123,6 +123,14 @@ def positions(units: np.ndarray, busy_before: float = 0.0) -> dict[str, tuple[np
             "train time": (at, busy_before + np.cumsum(units[:, U["busy"]]))}
 
 
+def smoothed(units: np.ndarray, smoothing: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The EMA curve of these units at their last steps, downsampled to about n points: (steps, values)."""
+    smooth = ema(units, smoothing)
+    ok = np.flatnonzero(np.isfinite(smooth))
+    keep = ok[downsample(units[ok, U["last_step"]], smooth[ok], n)]
+    return units[keep, U["last_step"]].astype(np.int64), smooth[keep]
+
+
 def place(steps, pos: dict, axis: str) -> np.ndarray:
     """x values of these steps on `axis` (step, epoch, wall time in s, training time in s)."""
     steps = np.asarray(steps, dtype=np.float64)
@@ -143,15 +151,13 @@ def loss_view(reader: Reader, branch: int, *, zoom: tuple[int, int] | None = Non
         if zoom and lo > 1 else 0.0
     step, loss = extremes(units)
     keep = downsample(step, loss, points)
-    smooth = ema(units, smoothing)
-    ok = np.flatnonzero(np.isfinite(smooth))
-    sk = ok[downsample(units[ok, U["last_step"]], smooth[ok], points // 2)]
+    smooth_step, smooth = smoothed(units, smoothing, points // 2)
     bad = units[~np.isfinite(units[:, U["max_loss"]]) | (units[:, U["n_loss"]] < units[:, U["n"]])]
     first, last = (int(units[0, U["first_step"]]), int(units[-1, U["last_step"]])) if len(units) else (0, 0)
     out = {
-        "lineage": lineage, "width": width, "range": (first, last), "zoom": zoom, "units": units,
+        "width": width, "range": (first, last), "zoom": zoom, "units": units,
         "step": step[keep], "loss": loss[keep],
-        "smooth_step": units[sk, U["last_step"]].astype(np.int64), "smooth": smooth[sk],
+        "smooth_step": smooth_step, "smooth": smooth,
         "spikes": [(int(units[i, U["max_step"]]), float(units[i, U["max_loss"]])) for i in spikes(units)],
         "nonfinite": [int(u[U["max_step"]] if np.isinf(u[U["max_loss"]]) else u[U["last_step"]]) for u in bad],
         "positions": positions(units, busy_before),
@@ -170,19 +176,16 @@ def other_branches(reader: Reader, branch: int, lineage: list, smoothing: float,
     """The abandoned paths seen from `branch` (Reader.other_branches' rule), each as a smoothed,
     downsampled curve over lo..hi (hi None: to its end)."""
     mine = {b for b, _, _ in lineage}
-    paths = [(b["id"], b["parent"], b["fork_step"]) for b in reader.branches() if b["id"] not in mine]
-    paths += [(b, None, int(upto)) for b, _, upto in lineage if upto != float("inf")]
+    paths = [(b["id"], b["fork_step"]) for b in reader.branches() if b["id"] not in mine]
+    paths += [(b, int(upto)) for b, _, upto in lineage if upto != float("inf")]
     out = []
-    for bid, parent, fork in paths:
+    for bid, fork in paths:
         own = [(bid, fork, float("inf"))]
         units, _ = reader.curve(bid, max(lo, fork + 1), hi, budget=BRANCH_POINTS * 2, lineage=own)
         if not len(units):
             continue
-        smooth = ema(units, smoothing)
-        ok = np.flatnonzero(np.isfinite(smooth))
-        keep = ok[downsample(units[ok, U["last_step"]], smooth[ok], BRANCH_POINTS)]
-        out.append({"id": bid, "fork_step": fork, "step": units[keep, U["last_step"]].astype(np.int64),
-                    "smooth": smooth[keep], "positions": positions(units)})
+        steps, smooth = smoothed(units, smoothing, BRANCH_POINTS)
+        out.append({"id": bid, "fork_step": fork, "step": steps, "smooth": smooth, "positions": positions(units)})
     return out
 
 

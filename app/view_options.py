@@ -110,12 +110,10 @@ def compare_curves(run_dir: str, names: list[str], smoothing: float) -> list[dic
             task = (j.meta().get("run_info") or {}).get("task_name", "?")
         except Exception:  # a run being created, or not a run: left out of the overlay
             continue
-        smooth = history.ema(units, smoothing)
-        ok = np.flatnonzero(np.isfinite(smooth))
-        keep = ok[history.downsample(units[ok, history.U["last_step"]], smooth[ok], history.BRANCH_POINTS)]
+        steps, smooth = history.smoothed(units, smoothing, history.BRANCH_POINTS)
         ev = [e for e in history.evals(j, j.lineage(branch), 0, 2 ** 62, most=60) if e.get("val_loss") is not None]
         hp = f" · lr {fmt3(first[0]['lr'])} · momentum {fmt3(first[0]['momentum'])}" if first else ""
-        out.append({"name": f"{name} · {task}{hp}", "step": units[keep, history.U["last_step"]].astype(np.int64),
-                    "smooth": smooth[keep], "positions": history.positions(units),
+        out.append({"name": f"{name} · {task}{hp}", "step": steps,
+                    "smooth": smooth, "positions": history.positions(units),
                     "val_step": np.array([e["step"] for e in ev]), "val": np.array([e["val_loss"] for e in ev])})
     return out
