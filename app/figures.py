@@ -51,6 +51,15 @@ def time_scale(view: dict) -> tuple[float, str]:
     return next(((s, u) for s, u in X_UNITS if total >= 2 * s), (1, "s"))
 
 
+def x_range(view: dict, axis: str, scale: float = 1.0) -> list:
+    """The x range both the loss chart and the checkpoint strip show (so their steps line up): the
+    zoomed range, or the run's, with 1 % to spare on each side."""
+    first, last = view["zoom"] or view["range"]
+    pad = max(1.0, (last - first) * 0.01)
+    ends = x_values([first - pad, last + pad], view, axis, scale)
+    return [str(v) for v in ends] if axis == "time" else ends.tolist()
+
+
 def marker_groups(events: list[dict], steps_apart: float) -> list[dict]:
     """Hyperparameter changes and restores at the step where they take effect, labels with 3
     significant digits; changes closer than `steps_apart` are one group (one label, a hover list)."""
@@ -171,11 +180,11 @@ def loss_figure(view: dict, *, log_y: bool = False, x_axis: str = "step", robust
         s_loss = np.array([v for _, v in view["spikes"]])
         shown = s_loss if top is None else np.minimum(s_loss, top)  # above the axis: drawn at its top edge
         data.append(_line(X(s_steps), _f32(np.where(np.isfinite(shown), shown, top or 0)), 1, mode="markers",
-                          name="spike", marker={"symbol": "triangle-up", "size": 10, "color": RED},
+                          name="spike", marker={"symbol": "triangle-up", "size": 10, "color": RED}, cliponaxis=False,
                           customdata=_f32(s_loss), hovertemplate="spike: loss %{customdata:.4g}<br>%{x}<extra></extra>"))
     if view["nonfinite"]:
         data.append(_line(X(view["nonfinite"]), _f32([top or 0] * len(view["nonfinite"])), 1, mode="markers",
-                          name="non-finite loss", marker={"symbol": "x", "size": 9, "color": RED},
+                          name="non-finite loss", marker={"symbol": "x", "size": 9, "color": RED}, cliponaxis=False,
                           hovertemplate="non-finite loss<br>%{x}<extra></extra>"))
     domains = _row_domains()
     x_title = X_TITLES[x_axis] + (f" ({unit})" if unit else "")
@@ -205,8 +214,8 @@ def loss_figure(view: dict, *, log_y: bool = False, x_axis: str = "step", robust
                                  **({"type": "date"} if x_axis == "time" else {})}
     if x_axis == "time":
         layout["xaxis"]["type"] = "date"
-    if view.get("zoom") and x_axis == "step":
-        layout["xaxis5"]["range"] = [view["zoom"][0], view["zoom"][1]]
+    if len(units):
+        layout["xaxis5"]["range"] = x_range(view, x_axis, scale)
     first, last = view["range"]
     for g in marker_groups(view["events"], max(1.0, (last - first) / 60)):
         xv = X([g["steps"][0]])[0]
@@ -219,6 +228,34 @@ def loss_figure(view: dict, *, log_y: bool = False, x_axis: str = "step", robust
                                       "xanchor": "right", "yanchor": "top", "font": {"size": 10, "color": "#4c1d95"},
                                       "bgcolor": "rgba(255,255,255,0.7)"})
     # Not validated here (7 ms a tick at 10^6 steps): the tests validate every kind of trace it builds.
+    return go.Figure(data=data, layout=layout, _validate=False)
+
+
+def checkpoint_strip(view: dict, *, x_axis: str = "step", revision: str = "", height: int = 90) -> go.Figure:
+    """The lineage's checkpoints on a thin strip under the loss chart, over the same x range: a click
+    on one picks it for Restore. (The loss chart's drag draws a zoom box, and Streamlit turns point
+    clicks into selections only when the drag does not select.)"""
+    scale = time_scale(view)[0] if x_axis == "train time" else 1.0
+    X = lambda steps: x_values(steps, view, x_axis, scale)  # noqa: E731
+    cps, best = view["checkpoints"], best_checkpoint(view["checkpoints"])
+    data = [_line(X([c["step"] for c in cps]), np.zeros(len(cps), dtype=np.float32), 1, mode="markers+text",
+                  marker={"symbol": ["star" if c is best else "diamond" for c in cps], "line": {"width": 1, "color": "white"},
+                          "size": [15 if c is best else 11 for c in cps],
+                          "color": ["#eab308" if c is best else GREEN for c in cps]},
+                  text=[f"#{c['id']}" for c in cps], textposition="top center", textfont={"size": 9},
+                  customdata=[c["id"] for c in cps], name="checkpoint",
+                  hovertext=[f"#{c['id']} {c.get('label') or c.get('kind', '')}, step {c['step']}"
+                             + (f", val {fmt3(c['val_loss'])}" if c.get("val_loss") is not None else "")
+                             + ("<br>best val loss" if c is best else "") + "<br>click: pick it for Restore" for c in cps],
+                  hoverinfo="text")]
+    layout = {"template": TEMPLATE, "height": height, "uirevision": revision, "showlegend": False,
+              "margin": {"l": 60, "r": 10, "t": 4, "b": 4}, "dragmode": "pan",
+              "xaxis": {"range": x_range(view, x_axis, scale), "showticklabels": False, "fixedrange": True, "showgrid": False,
+                        **({"type": "date"} if x_axis == "time" else {})},
+              "yaxis": {"range": [-0.6, 1.2], "visible": False, "fixedrange": True},
+              "annotations": [{"text": "checkpoints · click one to pick it for Restore", "xref": "paper", "yref": "paper",
+                               "x": 0, "y": 1, "showarrow": False, "xanchor": "left", "yanchor": "top",
+                               "font": {"size": 10, "color": "#64748b"}}]}
     return go.Figure(data=data, layout=layout, _validate=False)
 
 

@@ -16,15 +16,20 @@ TICK = 1.0
 SIDE_EVERY = 5  # the side charts refresh every fifth tick (evaluations are less frequent than steps)
 
 
-def loss_figure_for(run_dir: str, branch: int, *, zoom: tuple[int, int] | None = None,
-                    options: dict | None = None, j: Reader | None = None) -> go.Figure:
-    """One tick of the loss chart, without Streamlit: the journal reads and the figure."""
+def loss_chart_data(run_dir: str, branch: int, *, zoom: tuple[int, int] | None = None,
+                    options: dict | None = None, j: Reader | None = None) -> tuple[dict, go.Figure]:
+    """One tick of the loss chart, without Streamlit: the journal reads (the view) and the figure."""
     o = {**view_options.DEFAULTS, **(options or {})}
-    j = j or Reader(run_dir)
-    view = history.loss_view(j, branch, zoom=zoom, smoothing=o["smoothing"], branches=o["branches"])
-    return figures.loss_figure(view, log_y=o["log_y"], x_axis=o["x_axis"], robust=o["robust"],
-                               compare=view_options.compare_curves(run_dir, o["compare"], o["smoothing"]),
-                               revision=f"{run_dir}|{o['x_axis']}|{o['log_y']}|{zoom}")
+    view = history.loss_view(j or Reader(run_dir), branch, zoom=zoom, smoothing=o["smoothing"],
+                             branches=o["branches"])
+    return view, figures.loss_figure(view, log_y=o["log_y"], x_axis=o["x_axis"], robust=o["robust"],
+                                     compare=view_options.compare_curves(run_dir, o["compare"], o["smoothing"]),
+                                     revision=_revision(run_dir, o, zoom))
+
+
+def _revision(run_dir: str, o: dict, zoom) -> str:
+    """plotly keeps the user's own zoom and legend clicks while this stays the same."""
+    return f"{run_dir}|{o['x_axis']}|{o['log_y']}|{zoom}"
 
 
 def _eta(s: Status) -> str:
@@ -82,12 +87,18 @@ def loss_chart() -> None:
         c1.caption(f"Zoomed to steps {zoom[0]:,}–{zoom[1]:,}: every step drawn (up to {history.ZOOM_POINTS:,}), "
                    "spikes and markers at their own step.")
         c2.button("↔ Whole run", key="btn_whole_run", on_click=_unzoom, args=(s.run.run_dir,), width="stretch")
-    fig = loss_figure_for(s.run.run_dir, s.branch, zoom=zoom, options=o, j=reader())
+    view, fig = loss_chart_data(s.run.run_dir, s.branch, zoom=zoom, options=o, j=reader())
     if not s.step and not zoom:
         st.info("No steps yet. Press **Start** to train; the loss curve appears here within seconds.")
     event = st.plotly_chart(fig, key="loss_chart", on_select="rerun", selection_mode="box",
                             config={"displaylogo": False})
     _on_select(event, s.run.run_dir, o["x_axis"])
+    if view["checkpoints"]:
+        strip = st.plotly_chart(figures.checkpoint_strip(view, x_axis=o["x_axis"],
+                                                         revision=_revision(s.run.run_dir, o, zoom)),
+                                key="checkpoint_strip", on_select="rerun", selection_mode="points",
+                                config={"displayModeBar": False})
+        _on_pick(strip)
 
 
 def _unzoom(run_dir: str) -> None:
@@ -107,6 +118,21 @@ def _on_select(event, run_dir: str, x_axis: str) -> None:
         if hi - lo >= 2:
             ss.setdefault("_zoom", {})[run_dir] = (max(1, lo), hi)
             st.rerun(scope="fragment")
+
+
+def _on_pick(event) -> None:
+    """A checkpoint clicked on the strip becomes the Restore form's choice (once per click)."""
+    ss = st.session_state
+    picked = [p.get("customdata") for p in ((event or {}).get("selection") or {}).get("points") or []]
+    picked = [c for c in picked if isinstance(c, int)]
+    if not picked:
+        ss.pop("_seen_pick", None)
+        return
+    if picked[0] == ss.get("_seen_pick"):
+        return
+    ss["_seen_pick"] = ss["restore_id"] = picked[0]
+    ss.setdefault("_flash", []).append(("ok", f"Checkpoint #{picked[0]} picked: Restore it in the Checkpoints tab."))
+    st.rerun(scope="app")
 
 
 def side_charts() -> None:

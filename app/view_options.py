@@ -61,11 +61,12 @@ def get() -> dict:
     """This session's options for the run it shows, loaded from the run's file when the run changes."""
     ss = st.session_state
     rd = ss.get("_run_dir")
-    if ss.get("_options_for") != rd and rd:
+    # Streamlit drops a widget's state on a run that does not draw it: then load again too
+    if rd and (ss.get("_options_for") != rd or any(ss.get(key) is None for key in KEYS.values())):
         for k, v in load(rd).items():
             ss[KEYS[k]] = v
         ss["_options_for"] = rd
-    return {k: ss.get(KEYS[k], v) for k, v in DEFAULTS.items()}
+    return {**DEFAULTS, **valid({k: ss.get(key) for k, key in KEYS.items()})}
 
 
 def _changed() -> None:

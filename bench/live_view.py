@@ -5,7 +5,7 @@ Each journal is written through the project's own Journal (log_steps + flush), s
 run: three branches (two restores, each leaving an abandoned path), hyperparameter events, an
 evaluation every 1% of the steps, an automatic checkpoint every 5% and one manual one, and eight loss
 spikes planted on the viewed lineage. For each size it times `baseline_tick` (stride sampling, with
-app/figures.py as of commit b6fd69b) and `live_tick` (app.live.loss_figure_for), reports the figure's size and
+app/figures.py as of commit b6fd69b) and `live_tick` (app.live.loss_chart_data and the checkpoint strip), reports the figure's size and
 which spikes and checkpoints reach the browser, then RSS over --ticks ticks at the largest size.
 The last line is the summary; the targets are from the issue.
 
@@ -175,10 +175,13 @@ def baseline_tick(run_dir: str, branch: int, figures: ModuleType):
 
 
 def live_tick(run_dir: str, branch: int):
-    """The live view's tick, with the kept Reader the server passes it."""
-    from app.live import loss_figure_for
+    """The live view's tick, with the kept Reader the server passes it: the loss chart and, under it,
+    the checkpoint strip (both are sent each tick)."""
+    from app.figures import checkpoint_strip
+    from app.live import loss_chart_data
 
-    return loss_figure_for(run_dir, branch, j=reader(run_dir))
+    view, fig = loss_chart_data(run_dir, branch, j=reader(run_dir))
+    return fig, checkpoint_strip(view)
 
 
 def serialize(fig) -> bytes:
@@ -186,10 +189,12 @@ def serialize(fig) -> bytes:
     return plotly.io.to_json(plotly.tools.return_figure_from_figure_or_data(fig, True), validate=False).encode()
 
 
-def timed(tick, run_dir: str) -> tuple[float, bytes]:
+def timed(tick, run_dir: str) -> tuple[float, bytes, int]:
+    """(ms, the loss chart's JSON, bytes sent in all)."""
     t0 = time.perf_counter()
-    out = serialize(tick(run_dir, VIEW))
-    return (time.perf_counter() - t0) * 1e3, out
+    figs = tick(run_dir, VIEW)
+    out = [serialize(f) for f in (figs if isinstance(figs, tuple) else (figs,))]
+    return (time.perf_counter() - t0) * 1e3, out[0], sum(map(len, out))
 
 
 def values(a) -> list:
@@ -244,10 +249,10 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     ticks = {"baseline": functools.partial(baseline_tick, figures=old_figures(root))}
     try:
-        from app.live import loss_figure_for  # noqa: F401
+        from app.live import loss_chart_data  # noqa: F401
         ticks["live"] = live_tick
     except ImportError:
-        print("live_tick: app.live.loss_figure_for not available yet")
+        print("live_tick: app.live.loss_chart_data not available")
     res: dict[tuple[str, int], dict] = {}
     for n in sizes:
         run_dir, took = journal_for(root, n)
@@ -258,11 +263,11 @@ def main() -> None:
         cps = [c["step"] for c in r.checkpoints() if Reader.on_lineage(c["branch"], c["step"], lineage)]
         r.close()
         for name, tick in ticks.items():
-            cold, spec = timed(tick, run_dir)
+            cold, spec, size = timed(tick, run_dir)
             ms = statistics.median(timed(tick, run_dir)[0] for _ in range(a.repeat))
             k, c = seen(spec, spike_steps(n), cps)
-            res[(name, n)] = {"ms": ms, "kb": len(spec) / 1e3, "spikes": k, "ckpts": c, "of": len(cps)}
-            print(f"  {name:8s} first tick {cold:7.1f} ms, median {ms:7.1f} ms/tick, {len(spec) / 1e3:6.1f} kB, "
+            res[(name, n)] = {"ms": ms, "kb": size / 1e3, "spikes": k, "ckpts": c, "of": len(cps)}
+            print(f"  {name:8s} first tick {cold:7.1f} ms, median {ms:7.1f} ms/tick, {size / 1e3:6.1f} kB, "
                   f"spikes {k}/{len(SPIKES_AT)}, checkpoints {c}/{len(cps)}")
         if "live" in ticks:
             print(f"  live/baseline time per tick: {res[('live', n)]['ms'] / res[('baseline', n)]['ms']:.3f}x")

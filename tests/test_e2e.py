@@ -355,9 +355,27 @@ def long_run(d: Path, steps: int, spike_at: int) -> None:
         j.log_steps([StepRow(0, s + 1, s / 10, float(loss[s]), 0.1, 0.0, 0.0, 32, 1.0, 3200.0, 1.7e9 + s)
                      for s in range(a, min(steps, a + 20_000))])
         j.flush()
-    j.execute("INSERT INTO checkpoints (id, step, epoch, branch, path, wall, val_loss, hparams, label, kind) "
-              "VALUES (99, 50000, 0, 0, 'checkpoints/mid.pt', 0, 0.4, '{}', 'mid', 'manual')")
+    for cid, step in ((98, 30_000), (99, 50_000)):
+        j.execute("INSERT INTO checkpoints (id, step, epoch, branch, path, wall, val_loss, hparams, label, kind) "
+                  f"VALUES ({cid}, {step}, 0, 0, 'checkpoints/{cid}.pt', 0, 0.4, '{{}}', 'mid', 'manual')")
     j.close()
+
+
+def click_checkpoint(page, cid: int) -> None:
+    """Click checkpoint `cid` on the strip under the loss chart, where plotly drew it."""
+    x, y = page.evaluate("""cid => {
+        for (const el of document.querySelectorAll('.js-plotly-plot')) {
+            const t = (el._fullData || []).find(t => t.name === 'checkpoint' && t.mode === 'markers+text');
+            if (!t) continue;
+            const i = Array.from(t.customdata).indexOf(cid), xa = el._fullLayout.xaxis, ya = el._fullLayout.yaxis;
+            const r = el.getBoundingClientRect();
+            return [r.left + xa._offset + xa.l2p(t.x[i]), r.top + ya._offset + ya.l2p(t.y[i])];
+        }
+        return [null, null];
+    }""", cid)
+    page.mouse.move(x, y)  # plotly clicks the point it hovers: hover first
+    page.wait_for_timeout(500)
+    page.mouse.click(x, y)
 
 
 def loss_plot(page):
@@ -374,7 +392,7 @@ def loss_plot(page):
 
 def test_a_long_run_box_selected_zooms_to_every_step(tmp_path, bare_page):
     """10^5 steps: the whole run shows the planted spike; a box drawn on the chart redraws that range
-    step by step; Whole run returns."""
+    step by step; Whole run returns; a click on a checkpoint in the strip picks it in the Restore form."""
     from playwright.sync_api import expect
 
     page, runs = bare_page, tmp_path / "runs"
@@ -402,5 +420,12 @@ def test_a_long_run_box_selected_zooms_to_every_step(tmp_path, bare_page):
         page.locator(".st-key-btn_whole_run button").click()
         expect(caption).to_be_hidden(timeout=30_000)
         wait_for(lambda: (p := loss_plot(page)) and p["x"] and p["x"][-1] == 100_000 and p["x"][0] == 1, "the whole run again")
+        page.locator(".st-key-checkpoint_strip").scroll_into_view_if_needed()
+        click_checkpoint(page, 98)  # the strip under the chart: a click picks the checkpoint for Restore
+        expect(page.get_by_text("Checkpoint #98 picked")).to_be_visible(timeout=30_000)
+        page.get_by_role("tab", name="Checkpoints").click()
+        picker = page.locator("[data-testid='stSelectbox']").filter(has_text="Checkpoint")
+        wait_for(lambda: picker.locator("input").first.input_value().startswith("#98 · step 30000"),
+                 "#98 in the Restore form, not the default (the newest, #99)")
     finally:
         proc.kill()

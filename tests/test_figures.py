@@ -160,6 +160,10 @@ def test_checkpoints_are_markers_on_the_curve_and_the_best_is_marked(tmp_path):
     assert list(cp.customdata) == [4, 5, 6]  # each diamond names its checkpoint
     best = trace(fig, "best checkpoint (val)")
     assert list(best.x) == [60] and list(best.customdata) == [5]
+    strip = figures.checkpoint_strip(history.loss_view(Reader(tmp_path / "journal.sqlite"), 0))
+    assert list(strip.data[0].x) == [30, 60, 90] and list(strip.data[0].customdata) == [4, 5, 6]
+    assert list(strip.data[0].marker.symbol) == ["diamond", "star", "diamond"]  # the best, by val loss
+    assert list(strip.layout.xaxis.range) == list(fig.layout.xaxis5.range) == [0, 101]  # the same steps, lined up
 
 
 def test_boundary_picture_blends_class_colours():
@@ -222,3 +226,4 @@ def test_every_kind_of_trace_is_a_valid_plotly_figure(tmp_path, x_axis):
     fig = figures.loss_figure(view, x_axis=x_axis, compare=compare, log_y=True)
     assert {"spike", "non-finite loss", "best checkpoint (val)", "abandoned branch", "other"} <= {t.name for t in fig.data}
     go.Figure(json.loads(fig.to_json()))  # raises on any invalid property
+    go.Figure(json.loads(figures.checkpoint_strip(view, x_axis=x_axis).to_json()))
