@@ -125,15 +125,19 @@ def test_skip_batches_after_restore_moves_the_data_position(make):
 def test_nan_loss_is_never_applied_and_pauses_with_an_error(make):
     # The CPU guard pauses at the bad step itself; on CUDA the sync-free guard skips it on the device
     # and pauses at the next read-back (test_sync_free_guard_used_on_cuda_skips_the_bad_step).
-    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=10, device="cpu")
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=10, device="cpu", sentinel="pause")
     run_to(t, 36)
     good = t._capture()
+    pos = t.batches.position()
     assert t.set_max_steps(1000).wait().ok
     t.start().wait()
     assert t.wait(30)
     assert t.state == "error" and t.step == 36 and "non-finite loss at step 37" in t.error
     assert t._thread.is_alive()
-    assert_same_state(t._capture(), good)  # the NaN step was not applied
+    now = t._capture()
+    good["data"] = now["data"]
+    assert_same_state(now, good)  # the NaN step was not applied
+    assert t.batches.position() != pos  # and its batch is used up: on these weights it would fail again
     assert not t.save_checkpoint().wait().ok  # no checkpoint from the error state
     t.journal.flush()
     assert max(c["step"] for c in t.journal.checkpoints()) <= 36
@@ -186,7 +190,8 @@ def test_checkpoint_optimizer_settings_never_override_the_users(make):
 def test_sync_free_guard_used_on_cuda_skips_the_bad_step(make):
     """On CUDA the guard may not sync every step: the fused optimizer skips the step whose found_inf
     flag is set, and the read-back (every log_every steps) pauses the run. Exercised here on the CPU."""
-    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0, eval_every=0, eval_at_epoch_end=False, log_every=10)
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0, eval_every=0, eval_at_epoch_end=False, log_every=10,
+             sentinel="pause")
     t.sync_free = True
     run_to(t, 36)
     assert t.set_max_steps(1000).wait().ok
@@ -209,7 +214,7 @@ def test_sync_free_guard_used_on_cuda_skips_the_bad_step(make):
 
 
 def test_the_published_status_shows_an_error_at_once(make):
-    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0, device="cpu")  # CPU guard: pauses at step 36
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", ckpt_every=0, device="cpu", sentinel="pause")  # pauses at 36
     assert t.set_max_steps(100).wait().ok
     t.start().wait()
     assert t.wait(30)

@@ -94,7 +94,8 @@ def offline_status(run_dir: Path | str) -> Status:
                   optimizer=cfg.get("optimizer", "sgd"), nesterov=bool(cfg.get("nesterov")),
                   device=info.get("device", cfg.get("device", "auto")), n_train=int(info.get("n_train", 0)),
                   ckpt_every=int(cfg.get("ckpt_every", 0)), metrics=tuple(info.get("metrics", ())),
-                  has_grid=False, points=None)  # the decision-boundary picture needs the live model
+                  has_grid=False, points=None,  # the decision-boundary picture needs the live model
+                  classes=info.get("classes"))
     return Status(state=state, error=error, step=row["step"] if row else 0, epoch=int(epoch),
                   epoch_progress=epoch - int(epoch), steps_per_epoch=int(info.get("steps_per_epoch", 0)),
                   branch=branch, hparams=hp, effective_lr=row["lr"] if row else hp.lr,
@@ -267,7 +268,8 @@ class RunClient(Controls):
 def _status(d: dict[str, Any], grid: Grid | None, points) -> Status:
     """A Status from Status.to_dict() plus the grid and points, which travel apart."""
     run = {**d["run"], "metrics": tuple(d["run"]["metrics"]), "points": points}
-    plain = {k: v for k, v in d.items() if k not in ("hparams", "eval", "accepts", "run")}
+    plain = {k: v for k, v in d.items() if k not in ("hparams", "eval", "accepts", "run", "anomaly", "sentinel")}
     return Status(**plain, hparams=HParams(**d["hparams"]), eval=frozen_map(d["eval"]), grid=grid,
-                  accepts=frozenset(d["accepts"]), run=RunInfo(**run))
+                  accepts=frozenset(d["accepts"]), run=RunInfo(**run), anomaly=frozen_map(d.get("anomaly")),
+                  sentinel=frozen_map(d.get("sentinel")))
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STATES = ("ready", "running", "paused", "error", "stopped", "done", "closed")
-_ALWAYS = ("set_hparams", "restore", "set_max_steps")
+_ALWAYS = ("set_hparams", "restore", "set_max_steps", "set_sentinel")
 ACCEPTS: dict[str, frozenset[str]] = {
     "ready": frozenset({"start", "stop", "save", "skip", *_ALWAYS}),
     "running": frozenset({"pause", "stop", "save", "skip", *_ALWAYS}),
@@ -21,7 +21,7 @@ ACCEPTS: dict[str, frozenset[str]] = {
     "done": frozenset({"start", "stop", "save", "skip", *_ALWAYS}),  # stop: its served process exits
     "closed": frozenset(),
 }
-KINDS = ("start", "pause", "resume", "stop", "set_hparams", "save", "restore", "set_max_steps", "skip")
+KINDS = ("start", "pause", "resume", "stop", "set_hparams", "save", "restore", "set_max_steps", "skip", "set_sentinel")
 MAX_TEXT = 200  # labels and other free text stored in the journal
 
 
@@ -86,3 +86,7 @@ class Controls:
 
     def set_max_steps(self, max_steps: int):
         return self.submit("set_max_steps", max_steps=max_steps)
+
+    def set_sentinel(self, policy: str | None = None, window: int | None = None, sigma: float | None = None):
+        """The divergence sentinel's policy (warn | pause | skip | rollback) and statistics, live."""
+        return self.submit("set_sentinel", policy=policy, window=window, sigma=sigma)

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .sentinel import POLICIES
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 BUILTIN_TASKS = ("spirals", "digits", "quadratic")  # trainer/tasks.py builds them; named here without torch
 
@@ -30,18 +32,35 @@ class RunConfig:
     log_every: int = 10  # steps between loss read-backs from the device
     deterministic: bool = True  # torch.use_deterministic_algorithms on CPU
     threads: int = 0  # CPU threads for the training thread's ops; 0 = PyTorch's default
+    sentinel: str = "skip"  # what an anomaly does: warn | pause | skip | rollback (live: set_sentinel)
+    sentinel_window: int = 128  # trailing steps the sentinel's statistics cover
+    sentinel_sigma: float = 6.0  # a value this many standard deviations above the window's mean is anomalous
+    rollback_lr_factor: float = 0.5  # a rollback (and Recover's default) multiplies the checkpoint's lr by this
+    instruments: bool = True  # per-step update ratio (and with it the sentinel's third series)
+    instrument_every: int = 50  # steps between per-layer instruments and activation stats; 0 = off
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer: must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.nesterov and self.optimizer != "sgd":
             raise ConfigError("nesterov: only SGD has Nesterov momentum")
-        for name in ("max_steps", "ckpt_every", "eval_every", "keep_last", "ring_size", "log_every", "seed", "threads"):
+        for name in ("max_steps", "ckpt_every", "eval_every", "keep_last", "ring_size", "log_every", "seed", "threads",
+                     "sentinel_window", "instrument_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name}: must be an integer >= 0, got {v!r}")
         if self.log_every < 1:
             raise ConfigError("log_every: must be >= 1")
+        if self.sentinel not in POLICIES:
+            raise ConfigError(f"sentinel: must be one of {', '.join(POLICIES)}, got {self.sentinel!r}")
+        if self.sentinel_window < 8:
+            raise ConfigError(f"sentinel_window: must be an integer >= 8, got {self.sentinel_window}")
+        for name, lo, hi in (("sentinel_sigma", 0.0, 1e6), ("rollback_lr_factor", 0.0, 1.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
+                raise ConfigError(f"{name}: must be a number in ({lo:g}, {hi:g}], got {v!r}")
+        if not isinstance(self.instruments, bool):
+            raise ConfigError(f"instruments: must be true or false, got {self.instruments!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -24,11 +24,13 @@ import torch
 from . import snapshot
 from .checkpoints import CheckpointStore
 from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Controls, Result
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .data import Batches, all_batches
 from .hparams import HParamError, HParams, decayed_lr, to_dict, validate
+from .instruments import Health, Instruments, memory_bytes
 from .journal import EvalRow, Journal, JournalError, Reader, StepRow
 from .runlock import RunLock
+from .sentinel import MAX_ROLLBACKS, MAX_STREAK, Anomaly, Sentinel, action, recovery_plan
 from .snapshot import CheckpointError
 from .status import Grid, RunInfo, Status, frozen_array, frozen_map
 from .tasks import Task, load_task
@@ -116,6 +118,9 @@ class Trainer(Controls):
         self._last_readback = 0.0
         self._written: tuple | None = None  # the (hparams, lr) last written into param_groups
         self._rng_parked: dict | None = None
+        self.anomaly: Anomaly | None = None  # what paused the run, while it is paused on it
+        self.skipped = 0  # updates the sentinel dropped
+        self._sound_at = 0  # the last step whose whole state was checked finite
         self._cmds: collections.deque[Command] = collections.deque()
         self._cond = threading.Condition()
         self._accepting = True
@@ -161,12 +166,17 @@ class Trainer(Controls):
         self.optimizer = build_optimizer(cfg, self.params, self.hp, fused=True)
         self.sync_free = self.device.type == "cuda" and bool(self.optimizer.defaults.get("fused"))
         self.batches = Batches(self.task.train_data, cfg.seed, self.device)
+        self.sentinel = Sentinel(cfg.sentinel_window, cfg.sentinel_sigma)
+        self.instruments = (Instruments(self.model, self.params, self.device, cfg.instrument_every)
+                            if cfg.instruments else None)
+        self.health = Health(self.model, self.optimizer)
         self.journal = Journal(self.run_dir / "journal.sqlite")
         self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
         self.info = RunInfo(run_dir=str(self.run_dir), task=cfg.task, task_name=self.task.name,
                             optimizer=cfg.optimizer, nesterov=cfg.nesterov, device=str(self.device),
                             n_train=self.n_train, ckpt_every=cfg.ckpt_every, metrics=tuple(self.task.metrics),
-                            has_grid=self.task.grid is not None, points=_points(self.task))
+                            has_grid=self.task.grid is not None, points=_points(self.task),
+                            classes=_classes(self.task, self.model, self.device))
         self.journal.start_writer()
         self._publish()
 
@@ -294,18 +304,25 @@ class Trainer(Controls):
                 self._fail(f"{type(e).__name__}: {e}", traceback.format_exc(limit=-4))
 
     def _train_step(self) -> None:
-        hp, model, opt = self.hp, self.model, self.optimizer
+        hp, model, opt, ins = self.hp, self.model, self.optimizer, self.instruments
         t0 = time.perf_counter()
         lr = decayed_lr(hp, self.batches.epoch - self.lr_set_epoch)
         if self._written is None or hp is not self._written[0] or lr != self._written[1]:
             # nanoGPT's way: the live values go into param_groups (every change makes a new HParams)
             self._write_param_groups(hp, lr)
         pos = self.batches.position()
+        due = ins is not None and ins.is_due(self.step + 1)
         if self._buffers:  # BatchNorm's running stats change in forward; keep them to undo a bad step
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         try:
             (x, y), epoch_ended = self.batches.next(hp.batch_size)
-            loss = self.task.loss(model(x), y)
+            if due:
+                ins.arm()  # activation hooks for this forward only
+            try:
+                loss = self.task.loss(model(x), y)
+            finally:
+                if due:
+                    ins.disarm()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grads = [p.grad for p in self.params if p.grad is not None]
@@ -314,13 +331,24 @@ class Trainer(Controls):
             if hp.grad_clip:
                 torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
             loss, gnorm = self._guard(loss.detach(), gnorm.detach())
+            anomaly = None if self.sync_free else self.sentinel.check_step(self.step + 1, loss, gnorm)
         except BaseException:  # undo the half step: same batch next time, buffers as they were
             self.batches.seek(pos)
-            if self._buffers:
-                torch._foreach_copy_(self._buffers, self._buffer_backup)
-            opt.zero_grad(set_to_none=True)
+            self._undo_forward()
             raise
+        if anomaly is not None:
+            act = action(self.cfg.sentinel, anomaly)
+            if act != "warn":  # never applied; its batch is used up (on these weights it would spike again)
+                self._undo_forward()
+                self._react(anomaly, act)
+                return
+            self._react(anomaly, act)
+        elif not self.sync_free:
+            self.sentinel.accept_step(loss, gnorm)
+        if ins is not None:
+            ins.before()
         opt.step()
+        ratio = ins.after() if ins is not None else None
         self.step += 1
         n = len(y)
         self.samples += n
@@ -329,7 +357,22 @@ class Trainer(Controls):
         self._window[0] += n
         progress = self.batches.epoch + self.batches.offset / self.n_train  # fractional epoch, for the x-axis
         self._pending.append(StepRow(self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
-                                     hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time()))
+                                     hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time(), ratio))
+        if due:
+            self.journal.log_layers(ins.layer_rows(self.branch, self.step, float(ratio)))
+        if not self.sync_free:  # on CUDA the read-back judges the rows instead, without a sync per step
+            self.sentinel.observe_loss(loss)
+            later = self.sentinel.check_update(self.step, ratio) if ratio is not None else None
+            if later is not None:
+                self._react(later, action(self.cfg.sentinel, later))
+            elif anomaly is None:
+                self.sentinel.calm()
+            if self.state != "running":
+                return
+        if self.step % self.cfg.log_every == 0:  # on steps, not on time: its decisions must replay exactly
+            self._check_health()
+            if self.state != "running":
+                return
         if self.step % self.cfg.log_every == 0 or t0 - self._last_readback >= READBACK_S:
             self._readback()
             self._publish()
@@ -338,14 +381,24 @@ class Trainer(Controls):
         if epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._evaluate()
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
+            if self.step % self.cfg.log_every:  # a checkpoint must be sound: look before saving it
+                self._check_health()
+                if self.state != "running":
+                    return
             self._checkpoint("auto")
+
+    def _undo_forward(self) -> None:
+        if self._buffers:
+            torch._foreach_copy_(self._buffers, self._buffer_backup)
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _guard(self, loss: torch.Tensor, gnorm: torch.Tensor):
         """A non-finite loss or gradient must never be applied.
 
-        On the CPU reading two scalars costs nothing: raise Diverged before the step. On CUDA there is
-        no sync: the fused optimizer skips the step whose found_inf flag is set, BatchNorm buffers keep
-        their backup, and the read-back reports it. Returns (loss, gnorm), as floats on the CPU path.
+        On the CPU reading two scalars costs nothing: the sentinel judges them before the step. On
+        CUDA there is no sync: the fused optimizer skips the step whose found_inf flag is set,
+        BatchNorm buffers keep their backup, and the read-back judges the rows. Returns (loss, gnorm),
+        as floats on the CPU path.
         """
         if self.sync_free:
             finite = torch.isfinite(loss) & torch.isfinite(gnorm)
@@ -353,11 +406,71 @@ class Trainer(Controls):
             for b, k in zip(self._buffers, self._buffer_backup):
                 b.copy_(torch.where(finite, b, k))
             return loss, gnorm
-        loss_v, gnorm_v = loss.item(), gnorm.item()
-        if not (math.isfinite(loss_v) and math.isfinite(gnorm_v)):
-            raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_v) else 'gradient norm'} at step "
-                           f"{self.step + 1} (loss {loss_v}, grad norm {gnorm_v}); the step was not applied")
-        return loss_v, gnorm_v
+        return loss.item(), gnorm.item()
+
+    # --- the sentinel's decisions -----------------------------------------------------------------
+    def _check_health(self) -> None:
+        """Every log_every steps: a sustained explosion, or NaN/inf anywhere in the state."""
+        a = self.sentinel.check_explosion(self.step) if not self.sync_free else None
+        if a is None:
+            a = self._broken()
+        if a is not None:
+            self._react(a, action(self.cfg.sentinel, a))
+
+    def _broken(self) -> Anomaly | None:
+        bad = self.health.bad()
+        if not bad:
+            self._sound_at = self.step
+            return None
+        return Anomaly("broken", self.step, self._sound_at + 1, "state", math.inf, None,
+                       f"non-finite values after step {self.step} in {', '.join(bad[:3])}"
+                       + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""), sound=False)
+
+    def _react(self, a: Anomaly, act: str) -> None:
+        """Carry out the policy's decision about an anomaly, and record it."""
+        start = min(self.sentinel.episode(a.step), a.start)
+        if act == "skip" and self.sentinel.streak > MAX_STREAK:
+            a = dataclasses.replace(a, sound=False, message=f"{a.message}; {MAX_STREAK} steps in a row were "
+                                                             "anomalous, so skipping does not help")
+            act = "rollback"
+        data = {**a.to_dict(), "start": start, "action": act, "policy": self.cfg.sentinel}
+        if act == "warn":
+            if self.sentinel.streak == 1:  # one marker per run of anomalous steps
+                self.journal.event(a.step, self.branch, "anomaly", a.message, data)
+        elif act == "skip":
+            self.skipped += 1
+            self._ckpt_at = None  # the data position moved past the skipped batch
+            self.journal.event(a.step, self.branch, "skip_step", f"update {a.step} not applied, its batch skipped: {a.message}", data)
+        elif act == "rollback":
+            self._rollback(a, start, data)
+        else:
+            self._pause_on(a, start, data)
+
+    def _pause_on(self, a: Anomaly, start: int, data: dict, why: str = "") -> None:
+        self.anomaly = dataclasses.replace(a, start=start)
+        advice = ("The weights are still sound: change a hyperparameter and Resume, or Recover."
+                  if a.sound else "The weights are not sound any more: Recover restores the last good checkpoint.")
+        self.state, self.error = "error", f"{a.message}{why}. {advice}"
+        self.journal.event(a.step, self.branch, "error", self.error, data)
+        self._publish()
+
+    def _rollback(self, a: Anomaly, start: int, data: dict) -> None:
+        """PaLM's recipe: the newest checkpoint from before the anomaly, its batches up to the anomaly
+        skipped, lr x rollback_lr_factor; one recorded event and a new branch."""
+        if self.sentinel.rollbacks >= MAX_ROLLBACKS:
+            return self._pause_on(a, start, data, f"; {MAX_ROLLBACKS} automatic rollbacks did not help")
+        self.journal.flush()
+        plan = recovery_plan(self.journal, self.branch, start, self.cfg.rollback_lr_factor,
+                             most_skip=self.batches.batches_per_epoch(self.hp.batch_size))
+        if plan is None:
+            return self._pause_on(a, start, data, f"; no checkpoint before step {start} to roll back to")
+        rollbacks = self.sentinel.rollbacks
+        res = self._restore(plan["checkpoint"], {"lr": plan["lr"]} if plan["lr"] else {}, plan["skip_batches"],
+                            "rollback", anomaly={**data, "plan": plan})
+        if not res.ok:
+            return self._pause_on(a, start, data, f"; the rollback failed: {res.message}")
+        self.sentinel.rollbacks = rollbacks + 1
+        self._publish()
 
     def _write_param_groups(self, hp: HParams, lr: float) -> None:
         for g in self.optimizer.param_groups:
@@ -378,18 +491,47 @@ class Trainer(Controls):
             return
         rows, self._pending = self._pending, []
         if self.sync_free:
-            vals = torch.stack([torch.stack([r.loss, r.grad_norm]) for r in rows]).tolist()
-            rows = [r._replace(loss=v[0], grad_norm=v[1]) for r, v in zip(rows, vals)]
-            bad = next((r for r in rows if not (math.isfinite(r.loss) and math.isfinite(r.grad_norm))), None)
-            if bad is not None:  # its row stays (loss NULL): the step counter moved, the weights did not
-                self._fail(f"non-finite loss or gradient at step {bad.step} (loss {bad.loss}, grad norm "
-                           f"{bad.grad_norm}); that step was skipped on the device")
+            rows = self._judge(rows)
+            if not rows:
+                return
         self._last_loss = rows[-1].loss
         now = time.perf_counter()
         if now - self._window[1] >= 0.5:  # wall-clock throughput over half a second or more
             self._sps = self._window[0] / (now - self._window[1])
             self._window = [0, now]
         self.journal.log_steps(rows)
+
+    def _judge(self, rows: list[StepRow]) -> list[StepRow]:
+        """The CUDA read-back: one sync for the batch of rows and the state check, then the sentinel
+        judges them in order. A non-finite step was already skipped on the device (found_inf); any
+        other anomaly was applied, so skip cannot undo it: it is recorded, or pauses or rolls back."""
+        ratio = [r.update_ratio if r.update_ratio is not None else torch.zeros((), device=self.device) for r in rows]
+        vals = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), torch.as_tensor(q).float()])
+                            for r, q in zip(rows, ratio)]).tolist()
+        rows = [r._replace(loss=v[0], grad_norm=v[1], update_ratio=v[2] if r.update_ratio is not None else None)
+                for r, v in zip(rows, vals)]
+        for r in rows:
+            a = self.sentinel.check_step(r.step, r.loss, r.grad_norm)
+            if a is None:
+                self.sentinel.accept_step(r.loss, r.grad_norm)
+                self.sentinel.observe_loss(r.loss)
+                a = self.sentinel.check_update(r.step, r.update_ratio) if r.update_ratio is not None else None
+            if a is None:
+                self.sentinel.calm()
+                continue
+            act = action(self.cfg.sentinel, a)
+            if a.kind != "nonfinite" and act == "skip":
+                act = "warn"  # already applied
+            if a.kind == "nonfinite" and act == "skip":  # the device skipped it already
+                self.sentinel.episode(r.step)
+                self.skipped += 1
+                self.journal.event(r.step, self.branch, "skip_step", f"step {r.step} not applied: {a.message}",
+                                   {**a.to_dict(), "action": "skip", "policy": self.cfg.sentinel})
+                continue
+            self.journal.log_steps(rows)
+            self._react(a, act)
+            return []
+        return rows
 
     @torch.no_grad()
     def _evaluate(self) -> None:
@@ -435,7 +577,10 @@ class Trainer(Controls):
             effective_lr=decayed_lr(hp, self.batches.epoch - self.lr_set_epoch), loss=self._last_loss,
             samples_per_s=self._sps, max_steps=self.cfg.max_steps, last_checkpoint=self.last_checkpoint,
             eval=frozen_map(self._eval), grid=self._grid, accepts=ACCEPTS[self.state], run=self.info,
-            version=self._version)
+            version=self._version, anomaly=frozen_map(self.anomaly.to_dict() if self.anomaly else None),
+            sentinel=frozen_map({"policy": self.cfg.sentinel, "window": self.cfg.sentinel_window,
+                                 "sigma": self.cfg.sentinel_sigma, "lr_factor": self.cfg.rollback_lr_factor}),
+            skipped=self.skipped, memory=memory_bytes(self.device))
 
     # --- commands, applied by the training thread between steps -------------------------------
     def _take_commands(self) -> bool:
@@ -518,10 +663,14 @@ class Trainer(Controls):
     def _cmd_resume(self) -> Result:
         if self.journal.error:
             return Result(False, self.step, f"{self.journal.error} (still failing; fix the disk, then Resume)")
+        if self.anomaly is not None and not self.anomaly.sound and self.health.bad():
+            return Result(False, self.step, "the weights hold NaN or inf, so training cannot go on from them: "
+                                            "Recover (restore a checkpoint from before the anomaly) instead")
+        self.sentinel.human_acted(False)
         return self._run("resume", f"resumed at step {self.step + 1}")
 
     def _run(self, kind: str, message: str) -> Result:
-        self.state, self.error = "running", None
+        self.state, self.error, self.anomaly = "running", None, None
         self._window = [0, time.perf_counter()]
         self._event(kind, message)
         return Result(True, self.step + 1)
@@ -553,7 +702,26 @@ class Trainer(Controls):
             new = validate(self.hp, changes, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
         except HParamError as e:
             return Result(False, self.step, str(e))
+        changed = new != self.hp or "lr" in changes
         self._change_hparams(new, set_lr="lr" in changes)
+        self.sentinel.human_acted(changed)
+        return Result(True, self.step + 1)
+
+    def _cmd_set_sentinel(self, policy: str | None = None, window: int | None = None,
+                          sigma: float | None = None) -> Result:
+        """The sentinel's policy and statistics, live (stored in the run's config)."""
+        kw = {k: v for k, v in (("sentinel", policy), ("sentinel_window", window), ("sentinel_sigma", sigma))
+              if v is not None}
+        try:
+            cfg = self.cfg.replace(**kw)
+        except (ConfigError, TypeError) as e:
+            return Result(False, self.step, str(e))
+        self.cfg = cfg
+        self.sentinel.configure(cfg.sentinel_window, float(cfg.sentinel_sigma))
+        self.journal.set_meta("config", cfg.to_dict())
+        self._event("sentinel", f"sentinel: {cfg.sentinel}, {cfg.sentinel_sigma:g} sigma over {cfg.sentinel_window} "
+                                "steps", {"policy": cfg.sentinel, "window": cfg.sentinel_window,
+                                          "sigma": cfg.sentinel_sigma})
         return Result(True, self.step + 1)
 
     def _change_hparams(self, new: HParams, set_lr: bool) -> None:
@@ -594,6 +762,8 @@ class Trainer(Controls):
 
     def _cmd_restore(self, checkpoint: int, hparams: dict | None = None, skip_batches: int = 0) -> Result:
         res = self._restore(checkpoint, hparams or {}, skip_batches, "restore")
+        if res.ok:
+            self.sentinel.human_acted(True)
         if res.ok and self.state == "error":
             self.state, self.error = "paused", None
         return res
@@ -615,7 +785,7 @@ class Trainer(Controls):
             self.journal.set_meta("run_info", self._run_info())
         return res
 
-    def _restore(self, cid: Any, changes: dict, skip: Any, reason: str) -> Result:
+    def _restore(self, cid: Any, changes: dict, skip: Any, reason: str, anomaly: dict | None = None) -> Result:
         """Load a checkpoint (None: the state this trainer was built in, step 0) and continue from it.
 
         Everything is checked before anything changes; a failed load rolls back to where we were.
@@ -653,7 +823,14 @@ class Trainer(Controls):
         self.last_checkpoint = cid
         self._eval, self._grid = None, None  # the abandoned path's picture no longer describes the model
         where = f"checkpoint {cid} (step {fork_step}, branch {ck_branch})" if cid is not None else "step 0"
-        if reason == "restore":  # a rollback: drawn as a marker
+        if reason == "rollback":  # the sentinel's: one event says what, why and where to
+            ck = snap["counters"]["step"]
+            self._event("rollback", f"rollback after the anomaly at step {anomaly['step']}: checkpoint {cid} "
+                                    f"(step {ck}), skipping {skip} batches, lr {_fmt(new.lr)}"
+                                    + (f", onto new branch {self.branch}" if self.branch != old_branch else ""),
+                        {**anomaly, "checkpoint": cid, "old_branch": old_branch, "branch": self.branch,
+                         "fork_step": fork_step, "skip_batches": skip})
+        elif reason == "restore":  # a rollback: drawn as a marker
             self._event("restore", f"restore from {where}" + (f" onto new branch {self.branch}"
                                                                  if self.branch != old_branch else ""),
                         {"checkpoint": cid, "old_branch": old_branch, "branch": self.branch, "fork_step": fork_step})
@@ -666,7 +843,8 @@ class Trainer(Controls):
         if skip:
             self.batches.skip(skip, self.hp.batch_size)
             self._ckpt_at = None
-            self._event("skip", f"skipped the next {skip} batches")
+            if reason != "rollback":
+                self._event("skip", f"skipped the next {skip} batches")
         return Result(True, self.step + 1, message=where, value=self.branch)
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -676,7 +854,8 @@ class Trainer(Controls):
             schedule={"lr_set_epoch": self.lr_set_epoch},
             counters={"step": self.step, "samples": self.samples, "train_time": self.train_time,
                       "best_val": self.best_val, "last_val": self.last_val},
-            hparams=to_dict(self.hp), lineage={"branch": self.branch, "parent_checkpoint": self.last_checkpoint})
+            hparams=to_dict(self.hp), lineage={"branch": self.branch, "parent_checkpoint": self.last_checkpoint},
+            sentinel=self.sentinel.state_dict())
 
     def _load(self, s: dict) -> None:
         """The mirror of _capture()."""
@@ -687,9 +866,19 @@ class Trainer(Controls):
         self.best_val, self.last_val = c["best_val"], c["last_val"]
         self.hp = validate(HParams(), s["hparams"], dataset_size=self.n_train, nesterov=self.cfg.nesterov)
         self.last_checkpoint = s["lineage"]["parent_checkpoint"]
+        if "sentinel" in s:  # skip decisions depend on it: a restored run decides as the original did
+            self.sentinel.load_state_dict(s["sentinel"])
+        else:  # a checkpoint from before the sentinel: its windows fill again
+            self.sentinel = Sentinel(self.cfg.sentinel_window, self.cfg.sentinel_sigma)
+        self.health.invalidate()
+        self.anomaly = None
+        self._sound_at = self.step
 
     def _checkpoint(self, kind: str, label: str | None = None) -> int:
         self._readback()
+        bad = self.health.bad()
+        if bad:  # a checkpoint is a place to come back to: never one with NaN or inf in it
+            raise Diverged(f"no checkpoint saved at step {self.step}: non-finite values in {', '.join(bad[:3])}")
         cid = self.store.save(self._capture(), step=self.step, epoch=self.batches.epoch, branch=self.branch,
                               train_loss=self._last_loss, val_loss=self.last_val, kind=kind, label=label)
         self.last_checkpoint, self._ckpt_at = cid, (self.branch, self.step)
@@ -703,7 +892,10 @@ class Trainer(Controls):
 
     def _final_checkpoint(self) -> None:
         if self.state != "error" and self._ckpt_at != (self.branch, self.step):
-            self._checkpoint("final")
+            try:
+                self._checkpoint("final")
+            except Diverged as e:
+                self._event("error", str(e))
 
     def _fail(self, message: str, detail: str | None = None) -> None:
         self.state, self.error = "error", message
@@ -722,6 +914,26 @@ def _points(task: Task, n: int = 600):
     x, y = data.tensors
     idx = torch.linspace(0, len(x) - 1, min(n, len(x))).long()
     return frozen_array(x[idx].numpy()), frozen_array(y[idx].numpy())
+
+
+@torch.no_grad()
+def _classes(task: Task, model: torch.nn.Module, device: torch.device) -> int | None:
+    """A softmax classifier's class count: the width of its output for integer targets. One forward
+    of two samples in eval mode (BatchNorm's running stats untouched); None for anything else."""
+    if "acc" not in task.metrics:
+        return None
+    was = model.training
+    try:
+        x, y = next(iter(all_batches(task.train_data, 2, device, 2)))
+        model.eval()
+        out = model(x)
+    except Exception:  # the training loop reports a crashing model properly; this is only a caption
+        return None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or y.is_floating_point() or out.dim() != 2 or out.shape[-1] < 2:
+        return None
+    return int(out.shape[-1])
 
 
 def _fmt(v: Any) -> str:

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS steps (
     branch INTEGER NOT NULL, step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL,
     lr REAL, momentum REAL, weight_decay REAL, batch_size INTEGER, grad_norm REAL,
-    samples_per_s REAL, wall REAL, PRIMARY KEY (branch, step)) WITHOUT ROWID;
+    samples_per_s REAL, wall REAL, update_ratio REAL, PRIMARY KEY (branch, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS evals (
     branch INTEGER NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, val_loss REAL,
     val_acc REAL, train_loss REAL, train_acc REAL, extra TEXT, wall REAL, PRIMARY KEY (branch, step));
@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS branches (
     id INTEGER PRIMARY KEY, parent INTEGER, fork_step INTEGER NOT NULL, reason TEXT,
     from_checkpoint INTEGER, wall REAL);
+CREATE TABLE IF NOT EXISTS layers (
+    branch INTEGER NOT NULL, step INTEGER NOT NULL, idx INTEGER NOT NULL, layer TEXT NOT NULL, grad_norm REAL,
+    update_ratio REAL, weight_norm REAL, act_mean REAL, act_std REAL, act_dead REAL, act_sat REAL, memory REAL,
+    PRIMARY KEY (branch, step, layer)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS checkpoints (
     id INTEGER PRIMARY KEY, step INTEGER, epoch INTEGER, branch INTEGER, path TEXT, wall REAL,
     train_loss REAL, val_loss REAL, hparams TEXT, label TEXT, kind TEXT, parent INTEGER,
@@ -60,6 +64,7 @@ class StepRow(NamedTuple):
     grad_norm: Any
     samples_per_s: float
     wall: float
+    update_ratio: Any = None  # ||dtheta|| / ||theta|| of this step's update (trainer/instruments.py)
 
 
 class EvalRow(NamedTuple):
@@ -208,6 +213,31 @@ class Reader:
             r.update(json.loads(r.pop("extra") or "{}"))
         return rows
 
+    def series(self, branch: int, budget: int = 2000) -> dict[str, np.ndarray]:
+        """The lineage's per-step instruments in at most about `budget` buckets: the step where each
+        starts, the max grad norm and update ratio (a spike is never averaged away), mean samples/s."""
+        segs = [(b, after, self.last_step(b) if upto == float("inf") else upto) for b, after, upto in self.lineage(branch)]
+        span = sum(max(0, int(z) - int(a)) for _, a, z in segs)
+        width = max(1, -(-span // budget))
+        rows: list[tuple] = []
+        for b, after, upto in segs:
+            rows += self._con().execute(
+                "SELECT MIN(step), MAX(grad_norm), MAX(update_ratio), AVG(samples_per_s), MAX(loss) FROM steps "
+                "WHERE branch = ? AND step > ? AND step <= ? GROUP BY step / ? ORDER BY 1",
+                (b, after, upto, width)).fetchall()
+        a = summary._array(rows, 5)
+        return {"step": a[:, 0], "grad_norm": a[:, 1], "update_ratio": a[:, 2], "samples_per_s": a[:, 3],
+                "loss": a[:, 4], "width": width}
+
+    def layer_rows(self, branch: int, max_steps: int = 300) -> list[dict]:
+        """Per-layer instrument rows on the lineage, from at most about `max_steps` instrument steps."""
+        n = self.query("SELECT COUNT(DISTINCT step) AS n, MIN(step) AS lo, MAX(step) AS hi FROM layers")[0]
+        if not n["n"]:
+            return []
+        every = max(1, (n["hi"] - n["lo"]) // max(1, n["n"] - 1)) if n["n"] > 1 else 1
+        stride = every * max(1, -(-n["n"] // max_steps))
+        return self._lineage_rows("layers", branch, 0, stride)
+
     def export_rows(self, branch: int) -> list[dict]:
         """The lineage's per-step metrics with each step's evaluation beside it (CSV/parquet export)."""
         evals = self.evals(branch)
@@ -303,6 +333,9 @@ class Journal(Reader):
             self._wcon.execute("PRAGMA journal_mode=WAL")
             self._wcon.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
             self._wcon.executescript(SCHEMA)
+            cols = {r[1] for r in self._wcon.execute("PRAGMA table_info(steps)")}
+            if "update_ratio" not in cols:  # a journal from before the instruments
+                self._wcon.execute("ALTER TABLE steps ADD COLUMN update_ratio REAL")
             row = self._wcon.execute("SELECT value FROM meta WHERE key = 'summary'").fetchone()
             if row is None or json.loads(row[0]) != summary.VERSION:  # written before the summary existed
                 self.transaction([("INSERT OR REPLACE INTO meta VALUES ('summary', ?)", (json.dumps(summary.VERSION),))],
@@ -312,6 +345,7 @@ class Journal(Reader):
         super().__init__(path)
         self._steps: collections.deque = collections.deque()
         self._evals: collections.deque = collections.deque()
+        self._layers: collections.deque = collections.deque()
         self._events: collections.deque = collections.deque()
         self._sql: collections.deque = collections.deque()  # (statement, params)
         self._jobs: collections.deque = collections.deque()  # callables run on the writer thread
@@ -335,6 +369,10 @@ class Journal(Reader):
 
     def log_eval(self, row: EvalRow) -> None:
         self._evals.append(row)
+
+    def log_layers(self, rows: list) -> None:
+        """Per-layer instrument rows (instruments.LayerRow)."""
+        self._layers.extend(rows)
 
     def event(self, step: int, branch: int, kind: str, message: str, data: Any = None) -> None:
         self._events.append(self.event_row(step, branch, kind, message, data))
@@ -399,22 +437,24 @@ class Journal(Reader):
             self.error = None
 
     def _commit_rows(self) -> None:
-        batch = [_drain(q) for q in (self._sql, self._steps, self._evals, self._events)]
+        queues = (self._sql, self._steps, self._evals, self._layers, self._events)
+        batch = [_drain(q) for q in queues]
         if not any(batch):
             return
-        sql, steps, evals, events = batch
+        sql, steps, evals, layers, events = batch
         touched: dict[int, tuple[int, int]] = {}
         for r in steps:
             lo, hi = touched.get(r[0], (r[1], r[1]))
             touched[r[0]] = (min(lo, r[1]), max(hi, r[1]))
         try:
-            self.transaction([*sql, *((_insert("steps", 11), tuple(r)) for r in steps),
+            self.transaction([*sql, *((_insert("steps", 12), (*r, None)[:12]) for r in steps),
                               *((_insert("evals", 9), tuple(r)) for r in evals),
+                              *((_insert("layers", 12), tuple(r)) for r in layers),
                               *(("INSERT INTO events (wall, step, branch, kind, message, data) "
                                  "VALUES (?, ?, ?, ?, ?, ?)", e) for e in events)],
                              then=lambda con: summary.update(con, touched))
         except Exception as e:
-            for q, rows in zip((self._sql, self._steps, self._evals, self._events), batch):
+            for q, rows in zip(queues, batch):
                 q.extendleft(reversed(rows))  # kept, in order, for the next try
             self._failed(e)
 

@@ -29,6 +29,7 @@ class RunInfo:
     metrics: tuple[str, ...]  # the task's declared metrics, e.g. ("acc",) or ("mae",)
     has_grid: bool  # a 2-D task with a decision-boundary picture
     points: tuple[np.ndarray, np.ndarray] | None = None  # a sample of 2-D training points (read-only)
+    classes: int | None = None  # a classifier's class count (its loss at init should be log C), else None
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,15 @@ class Status:
     accepts: frozenset[str]  # commands the run accepts in this state (commands.ACCEPTS)
     run: RunInfo
     version: int = 0  # grows with every publication
+    anomaly: Mapping[str, Any] | None = None  # what the sentinel paused on (sentinel.Anomaly.to_dict), if it did
+    sentinel: Mapping[str, Any] | None = None  # policy, window, sigma, lr_factor
+    skipped: int = 0  # updates the sentinel dropped
+    memory: int = 0  # bytes: CUDA max allocated, or the process's peak RSS
+
+    @property
+    def sound(self) -> bool:
+        """Whether training can go on from the live weights (no anomaly said they are damaged)."""
+        return self.anomaly is None or bool(self.anomaly.get("sound", True))
 
     @property
     def hp(self) -> dict[str, Any]:
@@ -68,7 +78,9 @@ class Status:
         """Plain JSON-able data (no grid or points): for the CLI and other processes."""
         d = {k: getattr(self, k) for k in ("state", "error", "step", "epoch", "epoch_progress", "steps_per_epoch",
                                            "branch", "effective_lr", "loss", "samples_per_s", "max_steps",
-                                           "last_checkpoint", "version")}
+                                           "last_checkpoint", "version", "skipped", "memory")}
+        d["anomaly"] = dict(self.anomaly) if self.anomaly is not None else None
+        d["sentinel"] = dict(self.sentinel) if self.sentinel is not None else None
         d["hparams"] = self.hp
         d["eval"] = dict(self.eval) if self.eval is not None else None
         d["accepts"] = sorted(self.accepts)
