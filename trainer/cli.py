@@ -1,4 +1,4 @@
-"""Headless CLI: `python -m trainer run|resume|ctl|checkpoints|export`."""
+"""Headless CLI: `python -m trainer run|resume|ctl|checkpoints|export|diagnose`."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .config import OPTIMIZERS, ConfigError, RunConfig
+from .sentinel import POLICIES
 from .hparams import HParamError, field_specs
 from .journal import JournalError, Reader
 from .runlock import RunLockedError
@@ -54,6 +55,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     r.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default: 200)")
     r.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (default: 100)")
+    r.add_argument("--sentinel", choices=POLICIES, default="skip",
+                   help="what an anomaly (spike, NaN, explosion) does; live with `ctl sentinel` (default: skip)")
+    r.add_argument("--instrument-every", type=int, default=50,
+                   help="steps between per-layer instruments and activation stats, 0 = off (default: 50)")
     r.add_argument("--config", type=json.loads, default={}, metavar="JSON",
                    help="more RunConfig settings as a JSON object, e.g. '{\"keep_last\": 10}' (wins over flags)")
     _serve_args(r)
@@ -73,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--run-dir", required=True)
     e.add_argument("--format", choices=("csv", "parquet"), default="csv")
     e.add_argument("--out", required=True)
+    d = sub.add_parser("diagnose", help="the latest instrument readings and the advice they support")
+    d.add_argument("--run-dir", required=True)
+    d.add_argument("--json", action="store_true", help="print JSON")
     _ctl_parser(sub)
     return p
 
@@ -113,6 +121,10 @@ def _ctl_parser(sub) -> None:
     a.add_argument("max_steps", type=int, metavar="N")
     a = acts.add_parser("skip", parents=[common], help="skip the next K batches")
     a.add_argument("batches", type=int, metavar="K")
+    a = acts.add_parser("sentinel", parents=[common], help="the divergence sentinel's policy and statistics")
+    a.add_argument("--policy", choices=POLICIES, help="warn | pause | skip | rollback")
+    a.add_argument("--window", type=int, help="trailing steps of its statistics")
+    a.add_argument("--sigma", type=float, help="standard deviations above the mean that count as a spike")
 
 
 def _train(t, a) -> None:
@@ -205,7 +217,8 @@ def _cmd_run(a) -> None:
     if not isinstance(a.config, dict):
         raise CliError("--config: give a JSON object of RunConfig settings")
     flags = dict(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
-                 device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every)
+                 device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every,
+                 sentinel=a.sentinel, instrument_every=a.instrument_every)
     cfg = RunConfig.from_dict({**flags, **a.config})
     run_dir = cfg.run_dir
     t = Trainer.create(cfg, _hparams(a))
@@ -277,6 +290,11 @@ def _ctl_command(a) -> tuple[str, dict] | str:
         return "set_max_steps", {"max_steps": a.max_steps}
     if a.action == "skip":
         return "skip", {"batches": a.batches}
+    if a.action == "sentinel":
+        kw = {"policy": a.policy, "window": a.window, "sigma": a.sigma}
+        if all(v is None for v in kw.values()):
+            return "ctl sentinel: give --policy, --window or --sigma (see ctl sentinel --help)"
+        return "set_sentinel", kw
     return a.action, {}  # status, pause, resume, stop
 
 
@@ -362,6 +380,37 @@ def _cmd_export(a) -> None:
     print(f"wrote {len(rows)} rows to {a.out}", file=sys.stderr)
 
 
+def _cmd_diagnose(a) -> None:
+    from .advice import advise, summary
+
+    j = _reader(a.run_dir)
+    meta = j.meta()
+    branch = int(meta.get("branch", 0))
+    classes = (meta.get("run_info") or {}).get("classes")
+    s, tips = summary(j, branch), advise(j, branch, classes)
+    if a.json:
+        print(json.dumps({**s, "advice": [t.__dict__ for t in tips]}, indent=1))
+        return
+    g = lambda v, spec=".3g": format(v, spec) if v is not None else "-"  # noqa: E731
+    print(f"step {s['step'] or 0} · loss {g(s['loss'])} (median of 50: {g(s['loss_median_50'])}) · grad norm "
+          f"{g(s['grad_norm'])} · update/weight {g(s['update_ratio'], '.2e')} (median of 50: "
+          f"{g(s['update_ratio_median_50'], '.2e')}; healthy ~1e-3)")
+    if s["val_loss"] is not None:
+        print(f"last eval: val loss {g(s['val_loss'])} · train loss {g(s['train_loss'])}")
+    if s["layers"]:
+        print(f"layers at step {s['layers_step']}:")
+        print(f"  {'layer':24s} {'grad norm':>10} {'upd/weight':>10} {'weight':>9} {'act mean':>9} {'act std':>8} "
+              f"{'dead':>6} {'sat':>6}")
+        pct = lambda v: f"{v:.0%}" if v is not None else "-"  # noqa: E731
+        for r in s["layers"]:
+            print(f"  {r['layer'][:24]:24s} {g(r['grad_norm']):>10} {g(r['update_ratio'], '.2e'):>10} "
+                  f"{g(r['weight_norm']):>9} {g(r['act_mean']):>9} {g(r['act_std']):>8} {pct(r['act_dead']):>6} "
+                  f"{pct(r['act_sat']):>6}")
+    print("advice:" if tips else "advice: none (nothing in the instruments looks off)")
+    for t in tips:
+        print(f"  [{t.severity}] {t.text}")
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     if a.cmd == "ctl":
@@ -371,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     from .tasks import TaskError
 
     try:
-        {"run": _cmd_run, "resume": _cmd_resume, "checkpoints": _cmd_checkpoints, "export": _cmd_export}[a.cmd](a)
+        {"run": _cmd_run, "resume": _cmd_resume, "checkpoints": _cmd_checkpoints, "export": _cmd_export,
+         "diagnose": _cmd_diagnose}[a.cmd](a)
     except (CliError, ConfigError, HParamError, TaskError, CheckpointError, RunExistsError, RunLockedError,
             JournalError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
