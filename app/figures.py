@@ -60,6 +60,9 @@ def x_range(view: dict, axis: str, scale: float = 1.0) -> list:
     return [str(v) for v in ends] if axis == "time" else ends.tolist()
 
 
+ALERTS = ("restored", "rolled back", "skipped", "anomaly")  # drawn red
+
+
 def marker_groups(events: list[dict], steps_apart: float) -> list[dict]:
     """Hyperparameter changes and restores at the step where they take effect, labels with 3
     significant digits; changes closer than `steps_apart` are one group (one label, a hover list)."""
@@ -72,6 +75,12 @@ def marker_groups(events: list[dict], steps_apart: float) -> list[dict]:
             marks.append((int(data.get("at_step", e["step"] + 1)), 1, label))
         elif e["kind"] == "restore":  # marked where the new path begins
             marks.append((int(e["step"]) + 1, 0, f"restored #{data.get('checkpoint', '?')}"))
+        elif e["kind"] == "rollback":  # the sentinel's restore
+            marks.append((int(e["step"]) + 1, 0, f"rolled back to #{data.get('checkpoint', '?')}"))
+        elif e["kind"] in ("skip_step", "anomaly"):  # at the anomalous step itself
+            what = data.get("series", "").replace("_", " ")
+            marks.append((int(e["step"]), 0, ("skipped: " if e["kind"] == "skip_step" else "anomaly: ")
+                          + f"{what} {fmt3(data.get('value', ''))}".strip()))
     groups: list[dict] = []
     for step, order, label in sorted(marks):
         if groups and step - groups[-1]["steps"][-1] <= steps_apart:
@@ -80,7 +89,7 @@ def marker_groups(events: list[dict], steps_apart: float) -> list[dict]:
         else:
             groups.append({"steps": [step], "labels": [f"{label} (step {step})"]})
     for g in groups:
-        g["restore"] = any(lab.startswith("restored") for lab in g["labels"])
+        g["restore"] = any(lab.startswith(ALERTS) for lab in g["labels"])
         first = g["labels"][0].rsplit(" (step", 1)[0]
         g["text"] = first if len(g["labels"]) == 1 else f"{first} +{len(g['labels']) - 1}"
     return groups

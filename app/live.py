@@ -9,7 +9,7 @@ import streamlit as st
 
 from trainer import Reader, Status
 
-from . import figures, history, view_options
+from . import figures, history, recover, view_options
 from .common import fmt, follow_live, reader, status
 
 TICK = 1.0
@@ -69,8 +69,7 @@ def live_header() -> None:
     """The error banner and the metrics row, once a second; follows a state changed elsewhere."""
     s = status()
     if s.state == "error":
-        st.error(f"**Training paused on an error.** {s.error}  \nChange a hyperparameter and Resume, or "
-                 "restore a checkpoint below and go on.")
+        recover.banner()
     metrics_row(s, history.last_smoothed(reader(), s.branch, view_options.get()["smoothing"]))
     follow_live(s)  # buttons, fields and the refresh timer follow a new state
 
@@ -88,6 +87,8 @@ def loss_chart() -> None:
                    "spikes and markers at their own step.")
         c2.button("↔ Whole run", key="btn_whole_run", on_click=_unzoom, args=(s.run.run_dir,), width="stretch")
     view, fig = loss_chart_data(s.run.run_dir, s.branch, zoom=zoom, options=o, j=reader())
+    if not zoom:  # the spikes the chart marks, each offered Recover in the Anomalies tab
+        ss.setdefault("_spikes", {})[s.run.run_dir] = [(int(p), float(v)) for p, v in view["spikes"]]
     if not s.step and not zoom:
         st.info("No steps yet. Press **Start** to train; the loss curve appears here within seconds.")
     event = st.plotly_chart(fig, key="loss_chart", on_select="rerun", selection_mode="box",

@@ -206,6 +206,7 @@ def test_chart_carries_the_curve_and_markers(app):
 def test_error_banner_after_a_nan(app, tmp_path):
     at = app(task=f"{PLUGINS / 'nan_at.py'}:make", run_dir=str(tmp_path / "runs" / "nan"))
     t = shown(at)
+    assert t.set_sentinel(policy="pause").wait().ok  # the default (skip) would drop the NaN step and go on
     assert t.set_max_steps(100).wait().ok
     at.button(key="btn_start").click().run()
     deadline = time.monotonic() + 60
@@ -213,7 +214,7 @@ def test_error_banner_after_a_nan(app, tmp_path):
         assert time.monotonic() < deadline, t.status()
         time.sleep(0.1)
     at.run()
-    assert any("Training paused on an error" in e and "non-finite loss at step 37" in e for e in errors(at))
+    assert any("The sentinel paused training" in e and "non-finite loss at step 37" in e for e in errors(at))
     assert not at.button(key="btn_resume").disabled
     assert trainer_processes(), "an error keeps the trainer process serving, to fix and go on"
 
@@ -307,3 +308,35 @@ def test_compare_overlays_other_runs_and_the_chart_options_survive_a_reload(app,
     assert again.toggle(key="opt_robust").value is False and again.toggle(key="opt_branches").value is False
     fig = json.loads(again.get("plotly_chart")[0].proto.spec)
     assert any(tr.get("name", "").startswith("other · quadratic") for tr in fig["data"])
+
+
+def test_recover_from_the_banner_restores_the_checkpoint_before_the_anomaly(app, tmp_path):
+    """lr 1000 under the pause policy: the banner offers Recover with the plan pre-filled (the
+    checkpoint before the spike, lr x 0.5, its batches skipped); one click restores it."""
+    at = app(run_dir=str(tmp_path / "runs" / "boom"))
+    t = shown(at)
+    assert t.set_sentinel(policy="pause").wait().ok
+    run_to(t, 200)
+    assert t.set_hparams(lr=1000.0).wait().ok and t.set_max_steps(300).wait().ok
+    assert t.start().wait().ok  # from "done" at its step limit
+    deadline = time.monotonic() + 60
+    while t.status().state != "error":
+        assert time.monotonic() < deadline, t.status()
+        time.sleep(0.1)
+    start = t.status().anomaly["start"]
+    at.run()
+    assert any("The sentinel paused training" in e and "spike" in e for e in errors(at))
+    key = f"rec_banner_{start}"
+    assert at.number_input(key=f"{key}_lr").value == 0.05
+    assert at.number_input(key=f"{key}_skip").value == start - 200
+    at.number_input(key=f"{key}_lr").set_value(0.02)  # editable
+    at.button(key=f"{key}_go").click().run()
+    assert not at.exception
+    s = t.status()
+    assert s.state == "paused" and s.anomaly is None and s.step == 200 and s.hparams.lr == 0.02
+    restores = [e for e in t.reader().events() if e["kind"] == "restore"]
+    at_200 = max(c["id"] for c in t.reader().checkpoints() if c["step"] == 200 and c["branch"] == 0)
+    assert restores[-1]["data"]["checkpoint"] == at_200
+    at.button(key="btn_resume").click().run()
+    run_to(t, 260)
+    assert t.status().state == "done"
