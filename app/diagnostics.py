@@ -8,7 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from trainer.advice import advise
+from trainer.advice import advise, first_loss
 
 from .common import fmt, reader, status
 from .figures import BLUE, GREEN, GREY, ORANGE, RED, TEMPLATE
@@ -49,9 +49,11 @@ def grad_figure(series: dict, clip: float = 0.0, revision: str = "") -> go.Figur
 
 
 def update_figure(series: dict, revision: str = "") -> go.Figure:
-    """||Δθ|| / ||θ|| per step, against the 1e-3 rule of thumb."""
-    fig = go.Figure(go.Scatter(x=_steps(series["step"]), y=np.asarray(series["update_ratio"], dtype=np.float32),
-                               mode="lines", line={"color": ORANGE, "width": 1.5}, name="update / weight"))
+    """||Δθ|| / ||θ|| at the steps that measured it (every 10th on the CPU), against the 1e-3 rule of thumb."""
+    y = np.asarray(series["update_ratio"], dtype=np.float64)
+    has = np.isfinite(y)
+    fig = go.Figure(go.Scatter(x=_steps(series["step"][has]), y=y[has].astype(np.float32), mode="lines",
+                               line={"color": ORANGE, "width": 1.5}, name="update / weight"))
     _guide(fig, HEALTHY, "1e-3 (healthy)", GREEN)
     return _layout(fig, "Update ratio ‖Δθ‖ / ‖θ‖", log_y=True, revision=revision)
 
@@ -167,13 +169,6 @@ def plugin_metric_figure(evals: list[dict], name: str, revision: str = "") -> go
     if name == "acc":
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%")
     return fig
-
-
-def first_loss(r, branch: int) -> tuple[int, float] | None:
-    """The loss of the lineage's first step, read alone (a long run's steps are never all read)."""
-    root = r.lineage(branch)[0][0]
-    rows = r.query("SELECT step, loss FROM steps WHERE branch = ? ORDER BY step LIMIT 1", (root,))
-    return (rows[0]["step"], rows[0]["loss"]) if rows else None
 
 
 def _chart(fig: go.Figure, key: str) -> None:

@@ -60,7 +60,7 @@ def x_range(view: dict, axis: str, scale: float = 1.0) -> list:
     return [str(v) for v in ends] if axis == "time" else ends.tolist()
 
 
-ALERTS = ("restored", "rolled back", "skipped", "anomaly")  # drawn red
+ALERTS = ("restored", "rolled back", "skipped", "anomaly", "paused")  # drawn red
 
 
 def marker_groups(events: list[dict], steps_apart: float) -> list[dict]:
@@ -77,10 +77,10 @@ def marker_groups(events: list[dict], steps_apart: float) -> list[dict]:
             marks.append((int(e["step"]) + 1, 0, f"restored #{data.get('checkpoint', '?')}"))
         elif e["kind"] == "rollback":  # the sentinel's restore
             marks.append((int(e["step"]) + 1, 0, f"rolled back to #{data.get('checkpoint', '?')}"))
-        elif e["kind"] in ("skip_step", "anomaly"):  # at the anomalous step itself
-            what = data.get("series", "").replace("_", " ")
-            marks.append((int(e["step"]), 0, ("skipped: " if e["kind"] == "skip_step" else "anomaly: ")
-                          + f"{what} {fmt3(data.get('value', ''))}".strip()))
+        elif e["kind"] in ("skip_step", "anomaly") or e["kind"] == "error" and "series" in data:
+            what = data.get("series", "").replace("_", " ")  # at the anomalous step itself
+            verb = {"skip_step": "skipped", "anomaly": "anomaly", "error": "paused"}[e["kind"]]
+            marks.append((int(e["step"]), 0, f"{verb}: {what} {fmt3(data.get('value', ''))}".strip()))
     groups: list[dict] = []
     for step, order, label in sorted(marks):
         if groups and step - groups[-1]["steps"][-1] <= steps_apart:

@@ -22,7 +22,7 @@ from trainer import Reader
 from trainer.summary import UNIT
 
 U = {name: i for i, name in enumerate(UNIT)}
-MARKER_EVENTS = ("hparams", "restore", "rollback", "skip_step", "anomaly")
+MARKER_EVENTS = ("hparams", "restore", "rollback", "skip_step", "anomaly", "error")
 POINTS = 500  # drawn points of the raw curve; the chart is about this many pixels wide
 BUDGET = 2000  # units read for a range: the coarsest resolution that still beats the chart's pixels
 ZOOM_BUDGET = 20_000  # a zoomed range this long or shorter is read row by row

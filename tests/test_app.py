@@ -340,3 +340,22 @@ def test_recover_from_the_banner_restores_the_checkpoint_before_the_anomaly(app,
     at.button(key="btn_resume").click().run()
     run_to(t, 260)
     assert t.status().state == "done"
+
+
+def test_the_anomalies_tab_lists_each_anomaly_with_recover_and_sets_the_policy_live(app, tmp_path):
+    at = app(task=f"{PLUGINS / 'spike_at.py'}:make", run_dir=str(tmp_path / "runs" / "spiky"))
+    t = shown(at)
+    assert t.set_hparams(lr=0.05).wait().ok
+    run_to(t, 20)
+    assert t.save_checkpoint().wait().ok  # something to recover to
+    run_to(t, 60)  # the poisoned batch comes at step 37: skipped by the default policy
+    at.run()
+    assert not at.exception
+    pick = at.selectbox(key="anomaly_pick")
+    assert pick.value == 37 and "skip step" in pick.format_func(37)
+    assert at.number_input(key="rec_list_37_skip").value == 37 - 20
+    at.selectbox(key="sentinel_policy").set_value("rollback").run()
+    assert not at.exception and t.status().sentinel["policy"] == "rollback"
+    at.button(key="rec_list_37_go").click().run()
+    s = t.status()
+    assert not at.exception and s.step == 20 and s.branch == 1 and s.hparams.lr == 0.025

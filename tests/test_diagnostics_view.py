@@ -52,8 +52,9 @@ def test_grad_and_update_charts_carry_the_series_and_their_guides(run):
     rows = reader.metrics(s.branch)
     assert series["width"] == 1 and len(series["step"]) == 120
     fig = d.update_figure(series)
-    assert list(fig.data[0].x) == [r["step"] for r in rows]
-    np.testing.assert_allclose(fig.data[0].y, [r["update_ratio"] for r in rows], rtol=1e-6)
+    measured = [r for r in rows if r["update_ratio"] is not None]  # every 10th step on the CPU, and layer steps
+    assert list(fig.data[0].x) == [r["step"] for r in measured] and len(measured) >= 12
+    np.testing.assert_allclose(fig.data[0].y, [r["update_ratio"] for r in measured], rtol=1e-6)
     assert fig.layout.yaxis.type == "log"
     guide = fig.layout.shapes[0]
     assert guide.y0 == guide.y1 == 1e-3 and guide.line.dash == "dash" and guide.label.text == "1e-3 (healthy)"

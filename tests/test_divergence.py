@@ -131,3 +131,56 @@ def test_divergence_matrix_cells(tmp_path, task, opt, case, policy):
     assert r["finite_checkpoints"], r
     assert r["anomalies"] > 0, r
     assert r["recovered"], r
+
+
+def test_on_the_sync_free_path_a_nan_step_is_skipped_on_the_device_and_the_run_goes_on(make):
+    """The CUDA path, exercised on the CPU: the fused optimizer skips the NaN step (found_inf) and the
+    read-back records the skip; under the default policy the run carries on to its limit."""
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", **QUIET)
+    t.sync_free = True
+    run_to(t, 80)
+    assert t.state == "done" and [e["step"] for e in events(t, "skip_step")] == [37]
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    rows = t.journal.metrics(0)
+    assert rows[36]["loss"] is None
+    assert [r["step"] for r in rows if r["update_ratio"] is not None] == list(range(10, 81, 10))  # CPU: every 10th
+
+
+@pytest.mark.parametrize("ratio_every", [1, 10])
+def test_the_update_ratio_is_the_norm_of_the_step_over_the_norm_of_the_weights(make, ratio_every):
+    t = make(ratio_every=ratio_every, **QUIET)
+    for at in (19, 29):
+        run_to(t, at)
+        before = torch.cat([p.detach().flatten().double() for p in t.model.parameters()])
+        run_to(t, at + 1)
+        after = torch.cat([p.detach().flatten().double() for p in t.model.parameters()])
+        want = float((after - before).norm() / after.norm())
+        row = t.journal.metrics(0, since_step=at)[0]
+        if ratio_every == 1 or (at + 1) % ratio_every == 0:
+            assert row["update_ratio"] == pytest.approx(want, rel=1e-5)
+        else:
+            assert row["update_ratio"] is None
+
+
+def test_diagnose_and_ctl_sentinel_from_the_command_line(tmp_path):
+    import json
+    import subprocess
+
+    d = tmp_path / "run"
+    run = [sys.executable, "-m", "trainer"]
+    subprocess.run(run + ["run", "--task", "spirals", "--run-dir", str(d), "--max-steps", "120", "--sentinel",
+                          "rollback", "--instrument-every", "20"], cwd=ROOT, check=True, capture_output=True)
+    out = subprocess.run(run + ["diagnose", "--run-dir", str(d)], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout
+    assert "update/weight" in out and "layers at step 120:" in out and "0 Linear" in out and "advice:" in out
+    js = json.loads(subprocess.run(run + ["diagnose", "--run-dir", str(d), "--json"], cwd=ROOT, check=True,
+                                   capture_output=True, text=True).stdout)
+    assert js["step"] == 120 and js["layers_step"] == 120 and js["advice"] == []
+    assert {r["layer"] for r in js["layers"]} >= {"(model)", "0 Linear", "2 ReLU"}
+    r = Trainer.open(d)
+    try:
+        assert r.status().sentinel["policy"] == "rollback"  # kept in the run's config
+    finally:
+        r.close()
+    bad = subprocess.run(run + ["ctl", "--run-dir", str(d), "sentinel"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "give --policy, --window or --sigma" in bad.stderr

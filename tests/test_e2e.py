@@ -429,3 +429,51 @@ def test_a_long_run_box_selected_zooms_to_every_step(tmp_path, bare_page):
                  "#98 in the Restore form, not the default (the newest, #99)")
     finally:
         proc.kill()
+
+
+def test_diverge_then_recover_in_one_click(tmp_path, bare_page):
+    """lr 1000 under the pause policy: the sentinel pauses before the blow-up is applied, the banner
+    offers Recover with the plan filled in, one click restores the checkpoint before it (lr x 0.5),
+    and after Resume the curve is back at its old level, the blown-up path faded beside it."""
+    from playwright.sync_api import expect
+
+    page = bare_page
+    runs = tmp_path / "runs"
+    d = runs / "boom"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainer", "run", "--task", "spirals", "--run-dir", d,
+                                       "--max-steps", "300", "--ckpt-every", "100", "--sentinel", "pause",
+                                       "--keep-serving"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.STDOUT))
+        wait_for(lambda: is_live(d) and (d / "control.sock").exists(), "the run to be served")
+        with RunClient(d) as c:
+            wait_for(lambda: c.status().state == "done", "the first 300 steps", timeout=90)
+            url, server = start_server(runs, "--run-dir", d)
+            procs.append(server)
+            first_page(page, url)
+            assert c.set_hparams(lr=1000.0).wait().ok and c.set_max_steps(0).wait().ok
+            assert c.start().wait().ok
+            wait_for(lambda: c.status().state == "error", "the sentinel to pause the run")
+            start = c.status().anomaly["start"]
+            expect(page.get_by_text("The sentinel paused training")).to_be_visible(timeout=20_000)
+            page.get_by_role("button", name="Recover", exact=True).first.click()
+            wait_for(lambda: c.status().state == "paused" and c.status().anomaly is None, "the recovery")
+            s = c.status()
+            assert s.step == 300 and s.hparams.lr == 0.05
+            page.get_by_role("button", name="Resume", exact=True).click()
+            wait_for(lambda: c.status().step > 500, "training to go on from the checkpoint", timeout=60)
+            fig = wait_for(lambda: (f := plot(page)) and (t := trace(f, "train loss")) and t["last"] > 450 and f,
+                           "the curve to come back")
+            assert max(trace(fig, "train loss")["y"]) < 0.5, trace(fig, "train loss")
+            assert trace(fig, "abandoned branch")  # the blown-up path, kept and faded
+            con = sqlite3.connect(d / "journal.sqlite")
+            restore = con.execute("SELECT data FROM events WHERE kind = 'restore'").fetchone()
+            con.close()
+            assert restore and '"fork_step": 300' in restore[0] and start > 300
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "recovered.png"))
+    finally:
+        for p in procs:
+            p.kill()
+        kill_trainers(runs)

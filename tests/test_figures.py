@@ -227,3 +227,16 @@ def test_every_kind_of_trace_is_a_valid_plotly_figure(tmp_path, x_axis):
     assert {"spike", "non-finite loss", "best checkpoint (val)", "abandoned branch", "other"} <= {t.name for t in fig.data}
     go.Figure(json.loads(fig.to_json()))  # raises on any invalid property
     go.Figure(json.loads(figures.checkpoint_strip(view, x_axis=x_axis).to_json()))
+
+
+def test_the_sentinels_decisions_are_red_markers_at_their_step():
+    spike = {"series": "loss", "value": 17082.0, "kind": "spike"}
+    events = [{"kind": "skip_step", "step": 37, "data": spike},
+              {"kind": "rollback", "step": 300, "data": {"checkpoint": 3}},
+              {"kind": "error", "step": 502, "data": {**spike, "series": "grad_norm"}},
+              {"kind": "error", "step": 600, "data": {"traceback": "..."}},  # a crash: no marker
+              {"kind": "hparams", "step": 700, "data": {"field": "lr", "old": 0.1, "new": 0.05, "at_step": 701}}]
+    groups = figures.marker_groups(events, steps_apart=1)
+    assert [(g["steps"], g["text"], g["restore"]) for g in groups] == [
+        ([37], "skipped: loss 1.71e+04", True), ([301], "rolled back to #3", True),
+        ([502], "paused: grad norm 1.71e+04", True), ([701], "lr 0.1 → 0.05", False)]

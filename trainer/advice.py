@@ -107,17 +107,19 @@ def activation_rules(layers: list[dict]) -> list[Advice]:
     return out
 
 
-def first_loss(reader, branch: int) -> float | None:
+def first_loss(reader, branch: int) -> tuple[int, float | None] | None:
+    """(step, loss) of the lineage's first step, read alone (a long run's steps are never all read)."""
     root = reader.lineage(branch)[0][0]
-    row = reader._con().execute("SELECT loss FROM steps WHERE branch = ? ORDER BY step LIMIT 1", (root,)).fetchone()
-    return row[0] if row else None
+    row = reader._con().execute("SELECT step, loss FROM steps WHERE branch = ? ORDER BY step LIMIT 1",
+                                (root,)).fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def advise(reader, branch: int, classes: int | None = None) -> list[Advice]:
     """Every rule over the lineage of `branch`, in order of urgency."""
     loss, ratio = _recent(reader, branch)
     return (lr_rules(loss, ratio) + overfitting(reader.evals(branch)) + activation_rules(reader.layer_rows(branch, 5))
-            + init_loss(first_loss(reader, branch), classes))
+            + init_loss((first_loss(reader, branch) or (None, None))[1], classes))
 
 
 def summary(reader, branch: int) -> dict:
@@ -134,5 +136,5 @@ def summary(reader, branch: int) -> dict:
             "loss_median_50": float(np.median(fin(loss))) if len(fin(loss)) else None,
             "update_ratio_median_50": float(np.median(fin(ratio))) if len(fin(ratio)) else None,
             "val_loss": last_eval.get("val_loss"), "train_loss": last_eval.get("train_loss"),
-            "first_loss": first_loss(reader, branch),
+            "first_loss": (first_loss(reader, branch) or (None, None))[1],
             "layers_step": step, "layers": [r for r in layers if r["step"] == step]}

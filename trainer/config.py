@@ -36,7 +36,9 @@ class RunConfig:
     sentinel_window: int = 128  # trailing steps the sentinel's statistics cover
     sentinel_sigma: float = 6.0  # a value this many standard deviations above the window's mean is anomalous
     rollback_lr_factor: float = 0.5  # a rollback (and Recover's default) multiplies the checkpoint's lr by this
-    instruments: bool = True  # per-step update ratio (and with it the sentinel's third series)
+    instruments: bool = True  # the update ratio (and with it the sentinel's third series) and per-layer stats
+    ratio_every: int = 0  # steps between update-ratio measurements; 0 = auto: every step on CUDA (no sync
+    #                       there), every 10th on the CPU (a per-step copy of the weights costs ~3.5 % of spirals)
     instrument_every: int = 50  # steps between per-layer instruments and activation stats; 0 = off
 
     def __post_init__(self):
@@ -45,7 +47,7 @@ class RunConfig:
         if self.nesterov and self.optimizer != "sgd":
             raise ConfigError("nesterov: only SGD has Nesterov momentum")
         for name in ("max_steps", "ckpt_every", "eval_every", "keep_last", "ring_size", "log_every", "seed", "threads",
-                     "sentinel_window", "instrument_every"):
+                     "sentinel_window", "instrument_every", "ratio_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name}: must be an integer >= 0, got {v!r}")

@@ -37,6 +37,7 @@ from .tasks import Task, load_task
 
 THREAD_NAME = "panda-trainer"
 READBACK_S = 0.1  # step rows reach the journal's queue at least this often (plus its flush interval)
+HEALTH_EVERY = 50  # steps between the CPU's whole-state NaN/inf check and explosion check (and before checkpoints)
 
 
 class Diverged(RuntimeError):
@@ -167,7 +168,7 @@ class Trainer(Controls):
         self.sync_free = self.device.type == "cuda" and bool(self.optimizer.defaults.get("fused"))
         self.batches = Batches(self.task.train_data, cfg.seed, self.device)
         self.sentinel = Sentinel(cfg.sentinel_window, cfg.sentinel_sigma)
-        self.instruments = (Instruments(self.model, self.params, self.device, cfg.instrument_every)
+        self.instruments = (Instruments(self.model, self.params, self.device, cfg.instrument_every, cfg.ratio_every)
                             if cfg.instruments else None)
         self.health = Health(self.model, self.optimizer)
         self.journal = Journal(self.run_dir / "journal.sqlite")
@@ -331,7 +332,7 @@ class Trainer(Controls):
             if hp.grad_clip:
                 torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
             loss, gnorm = self._guard(loss.detach(), gnorm.detach())
-            anomaly = None if self.sync_free else self.sentinel.check_step(self.step + 1, loss, gnorm)
+            anomaly = None if self.sync_free else self.sentinel.judge(self.step + 1, loss, gnorm)
         except BaseException:  # undo the half step: same batch next time, buffers as they were
             self.batches.seek(pos)
             self._undo_forward()
@@ -343,12 +344,12 @@ class Trainer(Controls):
                 self._react(anomaly, act)
                 return
             self._react(anomaly, act)
-        elif not self.sync_free:
-            self.sentinel.accept_step(loss, gnorm)
-        if ins is not None:
+            self.sentinel.observe_loss(loss)
+        measured = ins is not None and ins.measures(self.step + 1, due)
+        if measured:
             ins.before()
         opt.step()
-        ratio = ins.after() if ins is not None else None
+        ratio = ins.after() if measured else None
         self.step += 1
         n = len(y)
         self.samples += n
@@ -360,18 +361,12 @@ class Trainer(Controls):
                                      hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time(), ratio))
         if due:
             self.journal.log_layers(ins.layer_rows(self.branch, self.step, float(ratio)))
-        if not self.sync_free:  # on CUDA the read-back judges the rows instead, without a sync per step
-            self.sentinel.observe_loss(loss)
-            later = self.sentinel.check_update(self.step, ratio) if ratio is not None else None
-            if later is not None:
-                self._react(later, action(self.cfg.sentinel, later))
-            elif anomaly is None:
-                self.sentinel.calm()
-            if self.state != "running":
+        if ratio is not None and not self.sync_free:  # on CUDA the read-back judges the rows, no sync per step
+            later = self.sentinel.judge_update(self.step, ratio)
+            if later is not None and self._react(later, action(self.cfg.sentinel, later)):
                 return
-        if self.step % self.cfg.log_every == 0:  # on steps, not on time: its decisions must replay exactly
-            self._check_health()
-            if self.state != "running":
+        if self.step % HEALTH_EVERY == 0 and not self.sync_free:  # on steps, not time: decisions replay exactly
+            if self._check_health():
                 return
         if self.step % self.cfg.log_every == 0 or t0 - self._last_readback >= READBACK_S:
             self._readback()
@@ -381,10 +376,8 @@ class Trainer(Controls):
         if epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._evaluate()
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
-            if self.step % self.cfg.log_every:  # a checkpoint must be sound: look before saving it
-                self._check_health()
-                if self.state != "running":
-                    return
+            if self.step % HEALTH_EVERY and self._check_health():  # a checkpoint must be sound: look first
+                return
             self._checkpoint("auto")
 
     def _undo_forward(self) -> None:
@@ -409,13 +402,11 @@ class Trainer(Controls):
         return loss.item(), gnorm.item()
 
     # --- the sentinel's decisions -----------------------------------------------------------------
-    def _check_health(self) -> None:
-        """Every log_every steps: a sustained explosion, or NaN/inf anywhere in the state."""
-        a = self.sentinel.check_explosion(self.step) if not self.sync_free else None
-        if a is None:
-            a = self._broken()
-        if a is not None:
-            self._react(a, action(self.cfg.sentinel, a))
+    def _check_health(self) -> bool:
+        """A sustained explosion, or NaN/inf anywhere in the state. True when training stops or
+        moved (a pause or a rollback)."""
+        a = self.sentinel.check_explosion(self.step) or self._broken()
+        return a is not None and self._react(a, action(self.cfg.sentinel, a))
 
     def _broken(self) -> Anomaly | None:
         bad = self.health.bad()
@@ -426,8 +417,9 @@ class Trainer(Controls):
                        f"non-finite values after step {self.step} in {', '.join(bad[:3])}"
                        + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ""), sound=False)
 
-    def _react(self, a: Anomaly, act: str) -> None:
-        """Carry out the policy's decision about an anomaly, and record it."""
+    def _react(self, a: Anomaly, act: str) -> bool:
+        """Carry out the policy's decision about an anomaly, and record it. True unless the step
+        that raised it goes on as usual (warn)."""
         start = min(self.sentinel.episode(a.step), a.start)
         if act == "skip" and self.sentinel.streak > MAX_STREAK:
             a = dataclasses.replace(a, sound=False, message=f"{a.message}; {MAX_STREAK} steps in a row were "
@@ -437,7 +429,8 @@ class Trainer(Controls):
         if act == "warn":
             if self.sentinel.streak == 1:  # one marker per run of anomalous steps
                 self.journal.event(a.step, self.branch, "anomaly", a.message, data)
-        elif act == "skip":
+            return False
+        if act == "skip":
             self.skipped += 1
             self._ckpt_at = None  # the data position moved past the skipped batch
             self.journal.event(a.step, self.branch, "skip_step", f"update {a.step} not applied, its batch skipped: {a.message}", data)
@@ -445,6 +438,7 @@ class Trainer(Controls):
             self._rollback(a, start, data)
         else:
             self._pause_on(a, start, data)
+        return True
 
     def _pause_on(self, a: Anomaly, start: int, data: dict, why: str = "") -> None:
         self.anomaly = dataclasses.replace(a, start=start)
@@ -506,8 +500,11 @@ class Trainer(Controls):
         judges them in order. A non-finite step was already skipped on the device (found_inf); any
         other anomaly was applied, so skip cannot undo it: it is recorded, or pauses or rolls back."""
         ratio = [r.update_ratio if r.update_ratio is not None else torch.zeros((), device=self.device) for r in rows]
-        vals = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), torch.as_tensor(q).float()])
+        flag = self.health.flag()  # whole-state NaN/inf, in the same sync
+        vals = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), torch.as_tensor(q).float(),
+                                         flag if flag is not None else torch.ones((), device=self.device)])
                             for r, q in zip(rows, ratio)]).tolist()
+        sound = vals[-1][3] == 1.0
         rows = [r._replace(loss=v[0], grad_norm=v[1], update_ratio=v[2] if r.update_ratio is not None else None)
                 for r, v in zip(rows, vals)]
         for r in rows:
@@ -520,8 +517,9 @@ class Trainer(Controls):
                 self.sentinel.calm()
                 continue
             act = action(self.cfg.sentinel, a)
-            if a.kind != "nonfinite" and act == "skip":
-                act = "warn"  # already applied
+            if act == "warn" or a.kind != "nonfinite" and act == "skip":  # applied already: recorded
+                self._react(a, "warn")
+                continue
             if a.kind == "nonfinite" and act == "skip":  # the device skipped it already
                 self.sentinel.episode(r.step)
                 self.skipped += 1
@@ -530,6 +528,11 @@ class Trainer(Controls):
                 continue
             self.journal.log_steps(rows)
             self._react(a, act)
+            return []
+        later = self._broken() if not sound else self.sentinel.check_explosion(self.step)
+        if later is not None:
+            self.journal.log_steps(rows)
+            self._react(later, action(self.cfg.sentinel, later))
             return []
         return rows
 
@@ -871,6 +874,8 @@ class Trainer(Controls):
         else:  # a checkpoint from before the sentinel: its windows fill again
             self.sentinel = Sentinel(self.cfg.sentinel_window, self.cfg.sentinel_sigma)
         self.health.invalidate()
+        if self.instruments is not None:
+            self.instruments.reset()
         self.anomaly = None
         self._sound_at = self.step
 

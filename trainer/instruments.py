@@ -1,10 +1,12 @@
 """Instruments: what the babysitting checklists watch (CS231n, Karpathy's recipe, the OPT and BLOOM
 logbooks), at a cost the step does not notice.
 
-- Every step: the update ratio ||dtheta|| / ||theta|| (about 1e-3 is healthy). On the CPU it comes from
-  NumPy views of the parameters: one concatenation before the update and one after, two dot
-  products (about 10 us on spirals, where two torch foreach norms cost 60). On CUDA it stays a
-  device tensor until the read-back, like the loss.
+- The update ratio ||dtheta|| / ||theta|| (about 1e-3 is healthy), exact, every `ratio_every` steps.
+  On the CPU it comes from NumPy views of the parameters: a concatenation before the update, and
+  after it a concatenation, a subtraction and two dot products (about 10 us on spirals alone, where
+  two torch foreach norms cost 60, but 35-50 us inside a training step: 3-4 % of a tiny model's
+  step, so the CPU measures every 10th step by default). On CUDA it is measured every step and stays
+  a device tensor until the read-back, like the loss.
 - Every `every` steps: per layer, the gradient norm (before clipping), the update/weight ratio and
   the weight norm; and per activation layer the mean, std and the fraction of dead (never positive
   in the batch) or saturated units, from forward hooks registered for that one step.
@@ -48,8 +50,10 @@ def memory_bytes(device: torch.device) -> int:
 
 
 class Instruments:
-    def __init__(self, model: nn.Module, params: list[torch.Tensor], device: torch.device, every: int):
+    def __init__(self, model: nn.Module, params: list[torch.Tensor], device: torch.device, every: int,
+                 ratio_every: int = 0):
         self.model, self.params, self.device, self.every = model, params, device, every
+        self.ratio_every = ratio_every or (1 if device.type == "cuda" else 10)
         named = {id(p): n for n, p in model.named_parameters()}
         mods = dict(model.named_modules())
         self.layers: list[str] = []
@@ -66,42 +70,58 @@ class Instruments:
                          and any(True for _ in m.parameters(recurse=False))]
         self.order = {n: i for i, n in enumerate(mods)}
         dtypes = {p.dtype for p in params}
-        self.numpy = (device.type == "cpu" and len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
-                      and all(p.is_contiguous() for p in params) and params)
+        self.numpy = bool(device.type == "cpu" and len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
+                          and all(p.is_contiguous() for p in params) and params)
         if self.numpy:
             self.views = [p.detach().numpy().reshape(-1) for p in params]
             n = sum(v.size for v in self.views)
-            self.prev, self.cur = np.empty(n, self.views[0].dtype), np.empty(n, self.views[0].dtype)
+            self.last, self.delta = np.empty(n, self.views[0].dtype), np.empty(n, self.views[0].dtype)
             sizes = np.array([v.size for v in self.views])
             self.offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
             self.nonempty = sizes > 0
         else:
-            self.prev_t = [p.detach().clone() for p in params]
+            self.last_t = [p.detach().clone() for p in params]
+        self.reset()
         self._hooks: list = []
         self._acts: dict[str, tuple] = {}
 
     def is_due(self, step: int) -> bool:
+        """Whether `step` is a per-layer instrument step."""
         return bool(self.every) and step % self.every == 0
 
-    # --- per step ---------------------------------------------------------------------------------
+    def measures(self, step: int, due: bool) -> bool:
+        """Whether `step` measures the update ratio (every instrument step does)."""
+        return due or step % self.ratio_every == 0
+
     def before(self) -> None:
+        """Before a measured update: unless every step is measured (then the last one left the
+        weights in `last`), take them now."""
+        if self.ratio_every != 1:
+            self.reset()
+
+    # --- per step ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """The parameters changed other than by an update (a restore): measure from here."""
         if self.numpy:
-            np.concatenate(self.views, out=self.prev)
+            np.concatenate(self.views, out=self.last)
         elif self.params:
-            torch._foreach_copy_(self.prev_t, [p.detach() for p in self.params])
+            torch._foreach_copy_(self.last_t, [p.detach() for p in self.params])
 
     def after(self):
         """||dtheta|| / ||theta|| of the update just applied: a float on the CPU, a device tensor on CUDA."""
         if not self.params:
             return 0.0
         if self.numpy:
-            np.concatenate(self.views, out=self.cur)
-            np.subtract(self.prev, self.cur, out=self.prev)  # prev now holds -dtheta
-            with np.errstate(over="ignore", invalid="ignore"):
-                d, w = float(self.prev @ self.prev), float(self.cur @ self.cur)
-            return math.sqrt(d) / math.sqrt(w) if w > 0 else (0.0 if d == 0 else math.inf)
+            np.concatenate(self.views, out=self.delta)  # theta now
+            np.subtract(self.delta, self.last, out=self.last)  # dtheta
+            self.last, self.delta = self.delta, self.last
+            d, w = float(self.delta @ self.delta), float(self.last @ self.last)
+            return math.sqrt(d) / math.sqrt(w) if w > 0 else math.sqrt(d)  # all-zero weights: the step itself
         cur = [p.detach() for p in self.params]
-        dn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(torch._foreach_sub(self.prev_t, cur))))
+        delta = torch._foreach_sub(cur, self.last_t)
+        torch._foreach_copy_(self.last_t, cur)
+        self._delta_t = delta
+        dn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
         wn = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(cur)))
         return dn / wn
 
@@ -137,13 +157,12 @@ class Instruments:
         if self.numpy:
             d, w = np.zeros(len(self.params)), np.zeros(len(self.params))
             ne = self.nonempty
-            d[ne] = np.add.reduceat(np.square(self.prev, dtype=np.float64), self.offsets[ne])
-            w[ne] = np.add.reduceat(np.square(self.cur, dtype=np.float64), self.offsets[ne])
+            d[ne] = np.add.reduceat(np.square(self.delta, dtype=np.float64), self.offsets[ne])
+            w[ne] = np.add.reduceat(np.square(self.last, dtype=np.float64), self.offsets[ne])
             d, w = sq(np.sqrt(d)), sq(np.sqrt(w))
         else:
-            cur = [p.detach() for p in self.params]
-            d = sq(torch.stack(torch._foreach_norm(torch._foreach_sub(self.prev_t, cur))).double().cpu().numpy())
-            w = sq(torch.stack(torch._foreach_norm(cur)).double().cpu().numpy())
+            d = sq(torch.stack(torch._foreach_norm(self._delta_t)).double().cpu().numpy())
+            w = sq(torch.stack(torch._foreach_norm(self.last_t)).double().cpu().numpy())
         rows = [LayerRow(branch, step, -1, "(model)", _f(math.sqrt(g.sum())), _f(ratio), _f(math.sqrt(w.sum())),
                          None, None, None, None, float(memory_bytes(self.device)))]
         by_label = {}
@@ -190,17 +209,30 @@ class Health:
     def invalidate(self) -> None:
         self._named = None
 
-    def bad(self) -> list[str]:
-        """Names of the tensors that hold NaN or inf; [] when all is finite (one device sync)."""
+    def flag(self) -> torch.Tensor | None:
+        """A device scalar, 1.0 while every tensor is finite: read back with other values in one sync."""
+        named = self._tensors()
+        if not named:
+            return None
+        peaks = torch._foreach_norm([t for _, t in named], float("inf"))
+        return torch.isfinite(torch.stack([m.float().to(peaks[0].device) for m in peaks])).all().float()
+
+    def _tensors(self) -> list[tuple[str, torch.Tensor]]:
         key = (id(self.optimizer.state), len(self.optimizer.state))
         if self._named is None or key != self._key:
             self._named = [(n, t) for n, t in state_tensors(self.model, self.optimizer) if t.numel()]
             self._key = key
-        if not self._named:
+        return self._named
+
+    def bad(self) -> list[str]:
+        """Names of the tensors that hold NaN or inf; [] when all is finite (one device sync)."""
+        if not self._tensors():
             return []
-        tensors = [t for _, t in self._named]
-        ok = torch.isfinite(torch.stack([m.float().to(tensors[0].device) for m in
-                                         torch._foreach_norm(tensors, float("inf"))]))
+        peaks = torch._foreach_norm([t for _, t in self._named], float("inf"))
+        try:
+            ok = torch.isfinite(torch.stack(peaks))
+        except RuntimeError:  # mixed dtypes or devices
+            ok = torch.isfinite(torch.stack([m.float().to(peaks[0].device) for m in peaks]))
         if bool(ok.all()):
             return []
         return [n for (n, _), good in zip(self._named, ok.tolist()) if not good]

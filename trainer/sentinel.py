@@ -40,6 +40,7 @@ class Window:
 
     def __init__(self, size: int, values: tuple | list = ()):
         self.size = size
+        self.min_n = min(MIN_HISTORY, size)
         self.values: collections.deque[float] = collections.deque(values, maxlen=size)
         self._resum()
 
@@ -63,7 +64,7 @@ class Window:
     def stats(self) -> tuple[float, float] | None:
         """(mean, std) (population std), or None before MIN_HISTORY values."""
         n = len(self.values)
-        if n < min(MIN_HISTORY, self.size):
+        if n < self.min_n:
             return None
         mean = self.s / n
         return mean, math.sqrt(max(self.ss / n - mean * mean, 0.0))
@@ -156,6 +157,45 @@ class Sentinel:
     def calm(self) -> None:
         self.streak = 0
 
+    def judge(self, step: int, loss: float, grad_norm: float) -> Anomaly | None:
+        """The per-step fast path, before the update: check_step, and when the step is normal,
+        accept_step and observe_loss (the caller applies it), in one call of plain arithmetic."""
+        if self.init_loss is None or not (0.0 < loss < math.inf and 0.0 < grad_norm < math.inf):
+            a = self.check_step(step, loss, grad_norm)
+            if a is None:
+                self.accept_step(loss, grad_norm)
+                self.observe_loss(loss)
+                self.streak = 0
+            return a
+        wl, wg = self.w["loss"], self.w["grad_norm"]
+        ll, lg = math.log(loss), math.log(grad_norm)
+        for w, x in ((wl, ll), (wg, lg)):
+            n = len(w.values)
+            if n >= w.min_n:
+                mean = w.s / n
+                var = w.ss / n - mean * mean
+                if x - mean > self.threshold * max(math.sqrt(var) if var > 0 else 0.0, STD_FLOOR):
+                    return self.check_step(step, loss, grad_norm)  # the slow path words it
+        wl.add(ll)
+        wg.add(lg)
+        self.recent.append(loss)
+        self.streak = 0
+        return None
+
+    def judge_update(self, step: int, ratio: float) -> Anomaly | None:
+        """check_update's fast path."""
+        if not 0.0 < ratio < math.inf:
+            return self.check_update(step, ratio)
+        w, x = self.w["update_ratio"], math.log(ratio)
+        n = len(w.values)
+        if n >= w.min_n:
+            mean = w.s / n
+            var = w.ss / n - mean * mean
+            if x - mean > self.threshold * max(math.sqrt(var) if var > 0 else 0.0, STD_FLOOR):
+                return self.check_update(step, ratio)
+        w.add(x)
+        return None
+
     def check_step(self, step: int, loss: float, grad_norm: float) -> Anomaly | None:
         """Before the update of `step`: a non-finite or anomalously high loss or gradient norm."""
         if self.init_loss is None and math.isfinite(loss):
@@ -207,7 +247,7 @@ class Sentinel:
         """A full window whose median is worse than at initialisation and EXPLODE x the best median."""
         if len(self.recent) < self.window or self.init_loss is None:
             return None
-        med = statistics.median(self.recent)
+        med = statistics.median(self.recent)  # every HEALTH_EVERY steps: a sort of `window` floats
         best = min(self.init_loss, self.best_median if self.best_median is not None else med)
         limit = max(self.init_loss, EXPLODE * best)
         if med > limit:
