@@ -94,3 +94,27 @@ def test_summary_reads_the_latest_values(tmp_path, rng):
     assert s["step"] == 120 and s["loss"] == pytest.approx(loss[-1]) and s["update_ratio"] == pytest.approx(ratio[-1])
     assert s["layers_step"] == 100 and [r["layer"] for r in s["layers"]] == ["(model)", "0 Linear"]
     assert s["val_loss"] == 0.7 and s["first_loss"] == pytest.approx(loss[0])
+
+
+def test_a_journal_from_before_the_instruments_reads_without_them(tmp_path):
+    """An archived run opened read-only: no update_ratio column, no layers table; its writer would
+    add them, a Reader must not need them (the Diagnostics tab and `diagnose` read such runs)."""
+    import sqlite3
+
+    from trainer import Reader
+    from trainer.journal import SCHEMA
+
+    old = SCHEMA.replace(" update_ratio REAL,", "")
+    old = old[:old.index("CREATE TABLE IF NOT EXISTS layers")] + old[old.index("CREATE TABLE IF NOT EXISTS checkpoints"):]
+    con = sqlite3.connect(tmp_path / "journal.sqlite")
+    con.executescript(old)
+    con.execute("INSERT INTO branches VALUES (0, NULL, 0, 'start', NULL, 0)")
+    con.executemany("INSERT INTO steps VALUES (0, ?, 0, ?, 0.1, 0.9, 0, 32, 1.0, 100.0, 0)",
+                    [(i, 1.0 / i) for i in range(1, 301)])
+    con.commit()
+    con.close()
+    r = Reader(tmp_path)
+    s = r.series(0, budget=100)
+    assert len(s["step"]) <= 101 and np.isnan(s["update_ratio"]).all() and s["grad_norm"][0] == 1.0
+    assert r.layer_rows(0) == [] and [a.rule for a in advise(r, 0, classes=10)] == ["init-loss"]
+    assert summary(r, 0)["step"] == 300

@@ -135,3 +135,23 @@ def test_state_round_trips_and_a_resized_window_keeps_the_newest_values():
     assert t.state_dict() == s.state_dict()
     t.configure(16, 6.0)
     assert list(t.w["loss"].values) == list(s.w["loss"].values)[-16:]
+
+
+def test_a_collapse_back_to_chance_is_caught_but_a_worse_stretch_is_not():
+    """Adam with weight decay 10^6 drives the weights to zero: the loss goes back to log C, finite and
+    smooth, below the loss at init. Caught once 90 % of the progress is undone; a loss that merely
+    doubles from its best is not."""
+    def run(tail):
+        s = Sentinel(window=50)
+        s.check_step(1, 1.1, 1.0)  # the loss at initialisation: log 3
+        hits = []
+        for i, loss in enumerate([1.1 * 0.98 ** i + 0.05 for i in range(300)] + tail, start=1):
+            s.observe_loss(loss)
+            a = s.check_explosion(i)
+            if a is not None:
+                hits.append((i, a))
+        return hits
+    assert run([0.12] * 200) == []  # worse than the best (0.05), but far from undone
+    hits = run([1.09] * 200)
+    assert hits and hits[0][0] in range(326, 330) and "training came undone" in hits[0][1].message
+    assert not hits[0][1].sound and hits[0][1].kind == "explosion"

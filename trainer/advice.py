@@ -23,10 +23,11 @@ class Advice:
 def _recent(reader, branch: int, n: int = RECENT) -> tuple[np.ndarray, np.ndarray]:
     """The last n step rows of the lineage: (loss, update_ratio) as float arrays (NaN for NULL)."""
     rows: list[tuple] = []
+    ratio = reader.ratio_column()
     for b, after, upto in reversed(reader.lineage(branch)):
         hi = 2 ** 62 if upto == float("inf") else upto
         rows = reader._con().execute(
-            "SELECT loss, update_ratio FROM steps WHERE branch = ? AND step > ? AND step <= ? ORDER BY step DESC "
+            f"SELECT loss, {ratio} FROM steps WHERE branch = ? AND step > ? AND step <= ? ORDER BY step DESC "
             "LIMIT ?", (b, after, hi, n - len(rows))).fetchall()[::-1] + rows
         if len(rows) >= n:
             break

@@ -213,6 +213,12 @@ class Reader:
             r.update(json.loads(r.pop("extra") or "{}"))
         return rows
 
+    def ratio_column(self) -> str:
+        """SQL for the steps' update ratio: NULL in a journal from before the instruments, opened
+        read-only (its writer adds the column when it next opens it)."""
+        cols = {r[1] for r in self._con().execute("PRAGMA table_info(steps)")}
+        return "update_ratio" if "update_ratio" in cols else "NULL"
+
     def series(self, branch: int, budget: int = 2000) -> dict[str, np.ndarray]:
         """The lineage's per-step instruments in at most about `budget` buckets: the step where each
         starts, the max grad norm and update ratio (a spike is never averaged away), mean samples/s."""
@@ -220,9 +226,10 @@ class Reader:
         span = sum(max(0, int(z) - int(a)) for _, a, z in segs)
         width = max(1, -(-span // budget))
         rows: list[tuple] = []
+        ratio = self.ratio_column()
         for b, after, upto in segs:
             rows += self._con().execute(
-                "SELECT MIN(step), MAX(grad_norm), MAX(update_ratio), AVG(samples_per_s), MAX(loss) FROM steps "
+                f"SELECT MIN(step), MAX(grad_norm), MAX({ratio}), AVG(samples_per_s), MAX(loss) FROM steps "
                 "WHERE branch = ? AND step > ? AND step <= ? GROUP BY step / ? ORDER BY 1",
                 (b, after, upto, width)).fetchall()
         a = summary._array(rows, 5)
@@ -231,7 +238,10 @@ class Reader:
 
     def layer_rows(self, branch: int, max_steps: int = 300) -> list[dict]:
         """Per-layer instrument rows on the lineage, from at most about `max_steps` instrument steps."""
-        n = self.query("SELECT COUNT(DISTINCT step) AS n, MIN(step) AS lo, MAX(step) AS hi FROM layers")[0]
+        try:
+            n = self.query("SELECT COUNT(DISTINCT step) AS n, MIN(step) AS lo, MAX(step) AS hi FROM layers")[0]
+        except sqlite3.OperationalError:  # a journal from before the instruments, opened read-only
+            return []
         if not n["n"]:
             return []
         every = max(1, (n["hi"] - n["lo"]) // max(1, n["n"] - 1)) if n["n"] > 1 else 1

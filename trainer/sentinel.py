@@ -7,9 +7,11 @@ is what makes a z-score robust here: per-batch losses and gradient norms are hea
 spirals a raw z-score flagged an ordinary hard batch (0.6 against a mean of 0.07) at 9 sigma, where
 its log is 2 sigma out; lr 1000 is 12 sigma out either way. Values that are not positive (a task
 whose loss can be negative) are not judged on that series. Anomalous values are kept out of the
-window, so one spike does not hide the next. A sustained finite explosion, which a
-z-score cannot see once the window has filled with it, is a trailing median worse than the loss at
-initialisation and 10x the best trailing median so far.
+window, so one spike does not hide the next. A sustained finite explosion, which a z-score cannot
+see once the window has filled with it, is a trailing median worse than the loss at initialisation
+and 10x the best trailing median so far; a collapse (Adam with weight decay 10^6 drives the weights
+to zero and the loss back to chance, finite and smooth) is a trailing median that has undone 75 %
+of the progress from the loss at initialisation to the best median.
 
 Pure Python and plain values: the state goes into snapshots (skip decisions change the training
 path, so a restored run must decide as the original did).
@@ -27,6 +29,7 @@ SERIES = ("loss", "grad_norm", "update_ratio")
 MIN_HISTORY = 32  # values a window needs before it judges anything
 STD_FLOOR = 0.1  # of the log: on a flat series a value must still be e^(0.1 threshold) times the mean
 EXPLODE = 10.0  # a trailing median this many times the best one (and above the initial loss)
+UNDONE = 0.75  # or, once the loss fell by a quarter, a trailing median that undid this much of the progress
 MAX_STREAK = 10  # consecutive skipped steps after which skipping is not helping: pause
 MAX_ROLLBACKS = 3  # automatic rollbacks without a human command in between, then pause
 
@@ -248,13 +251,19 @@ class Sentinel:
         if len(self.recent) < self.window or self.init_loss is None:
             return None
         med = statistics.median(self.recent)  # every HEALTH_EVERY steps: a sort of `window` floats
-        best = min(self.init_loss, self.best_median if self.best_median is not None else med)
-        limit = max(self.init_loss, EXPLODE * best)
-        if med > limit:
+        init = self.init_loss
+        best = min(init, self.best_median if self.best_median is not None else med)
+        if med > max(init, EXPLODE * best):
             return Anomaly("explosion", step, step - self.window + 1, "loss", med, None,
                            f"the loss exploded: its median over the last {self.window} steps is {med:.3g}, above "
-                           f"{limit:.3g} (the loss at initialisation {self.init_loss:.3g}, {EXPLODE:g}x the best "
-                           f"median {best:.3g})", sound=False)
+                           f"the loss at initialisation {init:.3g} and {EXPLODE:g}x the best median {best:.3g}",
+                           sound=False)
+        if best < 0.75 * init and med > best + UNDONE * (init - best):
+            return Anomaly("explosion", step, step - self.window + 1, "loss", med, None,
+                           f"training came undone: the median loss over the last {self.window} steps is {med:.3g}, "
+                           f"{(med - best) / (init - best):.0%} of the way back from the best median {best:.3g} to "
+                           f"the loss at initialisation {init:.3g} (a collapse: weights decayed or driven to "
+                           "chance)", sound=False)
         self.best_median = med if self.best_median is None else min(self.best_median, med)
         return None
 
