@@ -44,10 +44,11 @@ def recover_form(start: int, key: str) -> None:
     ids = [c["id"] for c in sorted(before, key=lambda c: -c["step"])]
     by_id = {c["id"]: c for c in before}
     a, b, c, d = st.columns([2.2, 1, 1, 1], vertical_alignment="bottom")
-    a.selectbox("Checkpoint", ids, index=ids.index(plan["checkpoint"]) if plan["checkpoint"] in ids else 0,
+    # Not labelled "Checkpoint": that is the Restore form's picker, and the two may be on one page.
+    a.selectbox("Back to", ids, index=ids.index(plan["checkpoint"]) if plan["checkpoint"] in ids else 0,
                 key=f"{key}_ckpt", format_func=lambda i: f"#{i} · step {by_id[i]['step']:,} · train loss "
                                                          f"{fmt(by_id[i]['train_loss'], '.3g')}",
-                help="the newest checkpoint from before the anomaly began")
+                help="the newest save on this path from before the anomaly began")
     b.number_input("lr", value=plan["lr"], format="%.4g", key=f"{key}_lr",
                    help="the checkpoint's lr x the rollback factor (0.5 by default)")
     c.number_input("Skip batches", value=plan["skip_batches"], min_value=0, step=1, key=f"{key}_skip",
