@@ -433,7 +433,8 @@ class Trainer(Controls):
         if act == "skip":
             self.skipped += 1
             self._ckpt_at = None  # the data position moved past the skipped batch
-            self.journal.event(a.step, self.branch, "skip_step", f"update {a.step} not applied, its batch skipped: {a.message}", data)
+            self.journal.event(a.step, self.branch, "skip_step",
+                               f"update {a.step} not applied, its batch skipped: {a.message}", data)
         elif act == "rollback":
             self._rollback(a, start, data)
         else:

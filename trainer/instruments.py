@@ -115,7 +115,9 @@ class Instruments:
             np.concatenate(self.views, out=self.delta)  # theta now
             np.subtract(self.delta, self.last, out=self.last)  # dtheta
             self.last, self.delta = self.delta, self.last
-            d, w = float(self.delta @ self.delta), float(self.last @ self.last)
+            # einsum, not `@`: NumPy's OpenBLAS runs a dot this long on its own thread pool, whose
+            # spinning workers then take the cores from the training step (7 % of digits, paired).
+            d, w = float(np.einsum("i,i->", self.delta, self.delta)), float(np.einsum("i,i->", self.last, self.last))
             return math.sqrt(d) / math.sqrt(w) if w > 0 else math.sqrt(d)  # all-zero weights: the step itself
         cur = [p.detach() for p in self.params]
         delta = torch._foreach_sub(cur, self.last_t)
