@@ -184,3 +184,18 @@ def test_diagnose_and_ctl_sentinel_from_the_command_line(tmp_path):
         r.close()
     bad = subprocess.run(run + ["ctl", "--run-dir", str(d), "sentinel"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "give --policy, --window or --sigma" in bad.stderr
+
+
+def test_on_the_sync_free_path_the_read_back_finds_non_finite_weights(make):
+    """The CUDA read-back folds the whole-state check into its one sync; lr 10^6 under warn must still
+    pause there, and leave no checkpoint with inf in it. Exercised on the CPU."""
+    t = make(sentinel="warn", ckpt_every=5, eval_every=0, device="cpu")
+    t.sync_free = True
+    run_to(t, 100)
+    assert t.set_hparams(lr=1e6).wait().ok and t.set_max_steps(300).wait().ok
+    t.start().wait()
+    assert t.wait(60) and t.state == "error" and not t.status().anomaly["sound"]
+    t.journal.flush()
+    for c in t.journal.checkpoints():
+        s = load_file(t.journal.checkpoint_file(c["id"]))
+        assert all(torch.isfinite(v).all() for v in s["model"].values() if v.is_floating_point()), c["id"]

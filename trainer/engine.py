@@ -500,12 +500,14 @@ class Trainer(Controls):
         """The CUDA read-back: one sync for the batch of rows and the state check, then the sentinel
         judges them in order. A non-finite step was already skipped on the device (found_inf); any
         other anomaly was applied, so skip cannot undo it: it is recorded, or pauses or rolls back."""
-        ratio = [r.update_ratio if r.update_ratio is not None else torch.zeros((), device=self.device) for r in rows]
+        zero = torch.zeros((), device=self.device)
         flag = self.health.flag()  # whole-state NaN/inf, in the same sync
-        vals = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), torch.as_tensor(q).float(),
-                                         flag if flag is not None else torch.ones((), device=self.device)])
-                            for r, q in zip(rows, ratio)]).tolist()
-        sound = vals[-1][3] == 1.0
+        per_row = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(),
+                                            zero if r.update_ratio is None else torch.as_tensor(r.update_ratio).float()])
+                               for r in rows])
+        *vals, sound = torch.cat([per_row.flatten(), (zero + 1 if flag is None else flag).reshape(1)]).tolist()
+        vals = [vals[i:i + 3] for i in range(0, len(vals), 3)]
+        sound = sound == 1.0
         rows = [r._replace(loss=v[0], grad_norm=v[1], update_ratio=v[2] if r.update_ratio is not None else None)
                 for r, v in zip(rows, vals)]
         for r in rows:
