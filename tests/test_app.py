@@ -337,6 +337,7 @@ def test_recover_from_the_banner_restores_the_checkpoint_before_the_anomaly(app,
     restores = [e for e in t.reader().events() if e["kind"] == "restore"]
     at_200 = max(c["id"] for c in t.reader().checkpoints() if c["step"] == 200 and c["branch"] == 0)
     assert restores[-1]["data"]["checkpoint"] == at_200
+    assert t.set_max_steps(260).wait().ok  # before Resume: 60 steps take less than one click's rerun
     at.button(key="btn_resume").click().run()
     run_to(t, 260)
     assert t.status().state == "done"
