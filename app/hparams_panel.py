@@ -22,7 +22,7 @@ from .common import report, status, trainer
 SPECS = field_specs()
 LABELS = {"lr": "Learning rate", "momentum": "Momentum", "weight_decay": "Weight decay", "lr_decay": "LR decay",
           "decay_rate": "Decay rate", "decay_every": "Decay every (epochs)", "batch_size": "Batch size",
-          "grad_clip": "Gradient clip (0 = off)"}
+          "grad_clip": "Gradient clip (0 = off)", "warmup": "Warm-up (steps, 0 = off)"}
 # A decay picked while its rate is 0 would do nothing (inverse-time) or be refused (exponential, step).
 DEFAULT_DECAY_RATE = {"inverse-time": 0.5, "exponential": 0.95, "step": 0.5}
 MORE_HELP = {"lr_decay": "Per epoch since the lr was last set: inverse-time α₀/(1+rate·epoch), exponential "

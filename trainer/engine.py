@@ -37,6 +37,7 @@ from .tasks import Task, load_task
 
 THREAD_NAME = "panda-trainer"
 READBACK_S = 0.1  # step rows reach the journal's queue at least this often (plus its flush interval)
+MAX_SHOWN = 2000  # characters of a task's shown text (a generated sample) kept per evaluation
 HEALTH_EVERY = 50  # steps between the CPU's whole-state NaN/inf check and explosion check (and before checkpoints)
 
 
@@ -307,7 +308,7 @@ class Trainer(Controls):
     def _train_step(self) -> None:
         hp, model, opt, ins = self.hp, self.model, self.optimizer, self.instruments
         t0 = time.perf_counter()
-        lr = decayed_lr(hp, self.batches.epoch - self.lr_set_epoch)
+        lr = decayed_lr(hp, self.batches.epoch - self.lr_set_epoch, self.step + 1)
         if self._written is None or hp is not self._written[0] or lr != self._written[1]:
             # nanoGPT's way: the live values go into param_groups (every change makes a new HParams)
             self._write_param_groups(hp, lr)
@@ -561,6 +562,8 @@ class Trainer(Controls):
             if self.task.grid is not None:
                 g = self.task.grid(self.model, self.device)
                 self._grid = Grid(self.step, tuple(g["axis"]), frozen_array(g["probs"]))
+            if self.task.show is not None:
+                out.update(_shown(self.task.show(self.model, self.device)))
         finally:
             self.model.train(was_training)
         self.last_val = out.get("val_loss")
@@ -580,7 +583,7 @@ class Trainer(Controls):
             state=self.state, error=self.error, step=self.step, epoch=self.batches.epoch,
             epoch_progress=self.batches.offset / self.n_train,
             steps_per_epoch=self.batches.batches_per_epoch(hp.batch_size), branch=self.branch, hparams=hp,
-            effective_lr=decayed_lr(hp, self.batches.epoch - self.lr_set_epoch), loss=self._last_loss,
+            effective_lr=decayed_lr(hp, self.batches.epoch - self.lr_set_epoch, self.step + 1), loss=self._last_loss,
             samples_per_s=self._sps, max_steps=self.cfg.max_steps, last_checkpoint=self.last_checkpoint,
             eval=frozen_map(self._eval), grid=self._grid, accepts=ACCEPTS[self.state], run=self.info,
             version=self._version, anomaly=frozen_map(self.anomaly.to_dict() if self.anomaly else None),
@@ -942,6 +945,18 @@ def _classes(task: Task, model: torch.nn.Module, device: torch.device) -> int | 
     if not isinstance(out, torch.Tensor) or y.is_floating_point() or out.dim() != 2 or out.shape[-1] < 2:
         return None
     return int(out.shape[-1])
+
+
+def _shown(values: Any) -> dict[str, float | str]:
+    """A task's show() values as the journal stores them: numbers as floats, text cut to MAX_SHOWN."""
+    if not isinstance(values, dict):
+        raise TypeError(f"task.show must return a dict, got {type(values).__name__}")
+    out: dict[str, float | str] = {}
+    for k, v in values.items():
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        out[str(k)[:MAX_TEXT]] = v[:MAX_SHOWN] if isinstance(v, str) else float(v)
+    return out
 
 
 def _fmt(v: Any) -> str:

@@ -27,6 +27,7 @@ class HParams:
     decay_every: int = 1  # step decay: epochs per decay step; integer >= 1
     batch_size: int = 64  # mini-batch size; integer from 1 to the training-set size
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off; >= 0
+    warmup: int = 0  # linear lr warm-up over the run's first `warmup` steps (nanoGPT's); 0 = none
 
 
 # One line per field for the CLI's --help and the dashboard's tooltips: meaning and valid range.
@@ -39,6 +40,7 @@ HELP: dict[str, str] = {
     "decay_every": "step decay: epochs per decay step; integer >= 1",
     "batch_size": "mini-batch size; integer from 1 to the training-set size",
     "grad_clip": "max gradient norm, 0 = no clipping; >= 0",
+    "warmup": "linear lr warm-up over the run's first N steps (counted from step 0); 0 = none",
 }
 
 _CHOICES = {"lr_decay": DECAYS}  # a str field takes one of a fixed set of values
@@ -143,11 +145,16 @@ def validate(base: HParams, changes: dict[str, Any], *, dataset_size: int | None
         raise HParamError("batch_size", f"must be an integer from 1 to {hi}, got {hp.batch_size}")
     if hp.grad_clip < 0:
         raise HParamError("grad_clip", f"must be >= 0 (0 = off), got {hp.grad_clip}")
+    if hp.warmup < 0:
+        raise HParamError("warmup", f"must be an integer >= 0 (0 = none), got {hp.warmup}")
     return hp
 
 
-def decayed_lr(hp: HParams, epochs_since_set: int) -> float:
-    """The effective learning rate `epochs_since_set` whole epochs after alpha0 was set."""
+def decayed_lr(hp: HParams, epochs_since_set: int, step: int | None = None) -> float:
+    """The effective learning rate `epochs_since_set` whole epochs after alpha0 was set, for the
+    optimizer step `step` (1-based; None: past any warm-up)."""
+    if hp.warmup and step is not None and step < hp.warmup:
+        return decayed_lr(hp, epochs_since_set) * step / hp.warmup
     k = epochs_since_set
     if hp.lr_decay == "inverse-time":
         return hp.lr / (1.0 + hp.decay_rate * k)  # the course's alpha0 / (1 + decay_rate * epoch_num)

@@ -38,6 +38,9 @@ class Task:
     defaults: dict[str, Any] = field(default_factory=dict)
     name: str = "task"
     grid: Callable[[nn.Module, torch.device], dict] | None = None  # decision-boundary picture for 2-D tasks
+    # A few values shown at each evaluation, e.g. {"w": 4.99} or {"sample": "generated text"}: called
+    # in eval mode under no_grad; it must not draw from the global RNGs (the run's exactness rests on them).
+    show: Callable[[nn.Module, torch.device], dict[str, float | str]] | None = None
 
 
 def accuracy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
