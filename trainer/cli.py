@@ -1,4 +1,4 @@
-"""Headless CLI: `python -m trainer run|resume|ctl|checkpoints|export|diagnose`."""
+"""Headless CLI: `python -m trainer run|resume|ctl|probe|lr-find|checkpoints|export|diagnose`."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ from .config import OPTIMIZERS, ConfigError, RunConfig
 from .sentinel import POLICIES
 from .hparams import HParamError, field_specs
 from .journal import JournalError, Reader
+from .probe import ProbeError, parse_range
 from .runlock import RunLockedError
 
 # The engine, tasks and snapshots import torch (~2 s): only the commands that train or read
@@ -81,8 +82,30 @@ def parser() -> argparse.ArgumentParser:
     d = sub.add_parser("diagnose", help="the latest instrument readings and the advice they support")
     d.add_argument("--run-dir", required=True)
     d.add_argument("--json", action="store_true", help="print JSON")
+    pr = sub.add_parser("probe", help="k short side runs from the run's state, lr (and momentum) sampled on a "
+                                      "log scale; the run continues exactly as if it had not probed")
+    pr.add_argument("--run-dir", required=True)
+    pr.add_argument("--lr-range", metavar="LO:HI", help="default: the run's lr / 10 to lr x 10")
+    pr.add_argument("--momentum-range", metavar="LO:HI",
+                    help="also sample momentum (beta1 for Adam) as 1 - 10^r in this range, e.g. 0.8:0.999")
+    pr.add_argument("--samples", type=int, default=6, help="side runs (default: 6)")
+    pr.add_argument("--steps", type=int, default=200, help="steps of each side run (default: 200)")
+    pr.add_argument("--seed", type=int, help="the sampler's seed (default: from the run's seed and step)")
+    _probe_args(pr)
+    lf = sub.add_parser("lr-find", help="the LR range test from the run's state: lr grows exponentially until the "
+                                        "loss exceeds 4x its minimum; the run continues exactly")
+    lf.add_argument("--run-dir", required=True)
+    lf.add_argument("--lo", type=float, default=1e-7, help="first lr (default: 1e-7)")
+    lf.add_argument("--hi", type=float, default=10.0, help="last lr (default: 10)")
+    lf.add_argument("--steps", type=int, default=100, help="steps (default: 100)")
+    _probe_args(lf)
     _ctl_parser(sub)
     return p
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for it (default: 3600)")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -320,6 +343,85 @@ def _describe_status(st) -> str:
     return "\n".join(lines)
 
 
+def _cmd_probe(a) -> int:
+    """A probe or range test: through the live trainer's command channel, or on an idle run opened
+    here (and closed after). Exit 0 done, 1 rejected or failed, 2 bad arguments or no run."""
+    kind = "probe" if a.cmd == "probe" else "lr_find"
+    try:
+        args = ({"samples": a.samples, "steps": a.steps, "seed": a.seed,
+                 "lr_range": parse_range(a.lr_range, "--lr-range") if a.lr_range else None,
+                 "momentum_range": parse_range(a.momentum_range, "--momentum-range") if a.momentum_range else None}
+                if kind == "probe" else {"lo": a.lo, "hi": a.hi, "steps": a.steps})
+    except ProbeError as e:
+        return _fail(str(e))
+    reader = _reader(a.run_dir)
+    seen = max((e["id"] for e in reader.events(kinds=(kind,), newest_first=True, limit=1)), default=0)
+    from .client import NoTrainerError, RunClient, is_live
+
+    if is_live(a.run_dir):
+        try:
+            with RunClient(a.run_dir) as c:
+                r = c.submit(kind, **args).wait(30)
+                if r.ok:
+                    _wait_probe(c, a.timeout)
+        except (NoTrainerError, ConnectionError, OSError) as e:
+            return _fail(str(e))
+    else:
+        from .engine import Trainer
+
+        t = Trainer.open(a.run_dir)
+        try:
+            r = t.submit(kind, **args).wait(30)
+            if r.ok:
+                _wait_probe(t, a.timeout)
+        finally:
+            t.close()
+    if not r.ok:
+        print(json.dumps(r.to_dict()) if a.json else str(r))
+        return 1
+    found = [e for e in _reader(a.run_dir).events(since_id=seen, kinds=(kind,))]
+    if not found:
+        return _fail(f"the {kind} left no result in the journal")
+    data = found[-1]["data"]
+    print(json.dumps(data, indent=1) if a.json else _describe_probe(found[-1]["message"], data))
+    return 1 if data["error"] or data["cancelled"] else 0
+
+
+def _wait_probe(t, timeout: float) -> None:
+    deadline, shown = time.monotonic() + timeout, -1
+    while (s := t.status()).state == "probing":
+        if time.monotonic() > deadline:
+            t.cancel().wait(30)
+            raise CliError(f"no result within --timeout {timeout:g} s: cancelled")
+        p = s.probe
+        if p and sys.stderr.isatty() and int(100 * p["progress"]) != shown:
+            shown = int(100 * p["progress"])
+            eta = f", about {p['eta_s']:.0f} s left" if p["eta_s"] is not None else ""
+            print(f"\r{p['kind']}: side run {p['index'] + 1} of {p['samples']}, {shown}%{eta}   ",
+                  end="", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+    if shown >= 0:
+        print(file=sys.stderr)
+
+
+def _describe_probe(message: str, d: dict) -> str:
+    g = lambda v, spec=".4g": format(v, spec) if v is not None else "-"  # noqa: E731
+    lines = [message]
+    if d["kind"] == "probe":
+        lines.append(f"  {'rank':>4} {'lr':>10} {'momentum':>9} {'score':>10} {'val loss':>10} {'branch':>6}")
+        for i, r in enumerate(d["results"], 1):
+            lines.append(f"  {i:>4} {g(r['lr']):>10} {g(r.get('momentum')):>9} "
+                         f"{g(r['score']) if not r['diverged'] else 'diverged':>10} {g(r['val_loss']):>10} "
+                         f"{r['branch']:>6}")
+        lines.append("score: mean training loss over the last 20 % of each side run's steps (lower is better)")
+    else:
+        r = d["results"][0] if d["results"] else {}
+        lines.append(f"  steepest descent: lr {g(r.get('steepest'), '.3g')} · minimum / 10: "
+                     f"lr {g(r.get('min_div10'), '.3g')} · {r.get('steps', 0)} steps"
+                     + (", stopped early (loss above 4x its minimum)" if r.get("stopped_early") else ""))
+    return "\n".join(lines)
+
+
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -420,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     from .tasks import TaskError
 
     try:
+        if a.cmd in ("probe", "lr-find"):
+            return _cmd_probe(a)
         {"run": _cmd_run, "resume": _cmd_resume, "checkpoints": _cmd_checkpoints, "export": _cmd_export,
          "diagnose": _cmd_diagnose}[a.cmd](a)
     except (CliError, ConfigError, HParamError, TaskError, CheckpointError, RunExistsError, RunLockedError,

@@ -268,8 +268,12 @@ class RunClient(Controls):
 def _status(d: dict[str, Any], grid: Grid | None, points) -> Status:
     """A Status from Status.to_dict() plus the grid and points, which travel apart."""
     run = {**d["run"], "metrics": tuple(d["run"]["metrics"]), "points": points}
-    plain = {k: v for k, v in d.items() if k not in ("hparams", "eval", "accepts", "run", "anomaly", "sentinel")}
+    plain = {k: v for k, v in d.items() if k not in ("hparams", "eval", "accepts", "run", "anomaly", "sentinel", "probe")}
     return Status(**plain, hparams=HParams(**d["hparams"]), eval=frozen_map(d["eval"]), grid=grid,
                   accepts=frozenset(d["accepts"]), run=RunInfo(**run), anomaly=frozen_map(d.get("anomaly")),
-                  sentinel=frozen_map(d.get("sentinel")))
+                  sentinel=frozen_map(d.get("sentinel")), probe=_probe(d.get("probe")))
+
+
+def _probe(d: dict | None):
+    return None if d is None else frozen_map({**d, "results": tuple(frozen_map(r) for r in d["results"])})
 

@@ -10,18 +10,21 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-STATES = ("ready", "running", "paused", "error", "stopped", "done", "closed")
+STATES = ("ready", "running", "paused", "error", "stopped", "done", "closed", "probing")
 _ALWAYS = ("set_hparams", "restore", "set_max_steps", "set_sentinel")
+_PROBES = ("probe", "lr_find")  # side runs from a sound state; the run is "probing" until they end or cancel
 ACCEPTS: dict[str, frozenset[str]] = {
-    "ready": frozenset({"start", "stop", "save", "skip", *_ALWAYS}),
-    "running": frozenset({"pause", "stop", "save", "skip", *_ALWAYS}),
-    "paused": frozenset({"resume", "stop", "save", "skip", *_ALWAYS}),
+    "ready": frozenset({"start", "stop", "save", "skip", *_ALWAYS, *_PROBES}),
+    "running": frozenset({"pause", "stop", "save", "skip", *_ALWAYS, *_PROBES}),
+    "paused": frozenset({"resume", "stop", "save", "skip", *_ALWAYS, *_PROBES}),
     "error": frozenset({"resume", "stop", *_ALWAYS}),  # no checkpoint is ever taken from a failed state
-    "stopped": frozenset({"start", "save", "skip", *_ALWAYS}),
-    "done": frozenset({"start", "stop", "save", "skip", *_ALWAYS}),  # stop: its served process exits
+    "stopped": frozenset({"start", "save", "skip", *_ALWAYS, *_PROBES}),
+    "done": frozenset({"start", "stop", "save", "skip", *_ALWAYS, *_PROBES}),  # stop: its served process exits
     "closed": frozenset(),
+    "probing": frozenset({"cancel"}),  # the main run waits, exactly as it was
 }
-KINDS = ("start", "pause", "resume", "stop", "set_hparams", "save", "restore", "set_max_steps", "skip", "set_sentinel")
+KINDS = ("start", "pause", "resume", "stop", "set_hparams", "save", "restore", "set_max_steps", "skip", "set_sentinel",
+         "probe", "lr_find", "cancel")
 MAX_TEXT = 200  # labels and other free text stored in the journal
 
 
@@ -90,3 +93,16 @@ class Controls:
     def set_sentinel(self, policy: str | None = None, window: int | None = None, sigma: float | None = None):
         """The divergence sentinel's policy (warn | pause | skip | rollback) and statistics, live."""
         return self.submit("set_sentinel", policy=policy, window=window, sigma=sigma)
+
+    def probe(self, samples: int = 6, steps: int = 200, lr_range=None, momentum_range=None, seed: int | None = None):
+        """Side runs from this state (trainer/probe.py); the result is the journal's "probe" event."""
+        return self.submit("probe", samples=samples, steps=steps, lr_range=lr_range, momentum_range=momentum_range,
+                           seed=seed)
+
+    def lr_find(self, lo: float = 1e-7, hi: float = 10.0, steps: int = 100):
+        """The LR range test from this state; the result is the journal's "lr_find" event."""
+        return self.submit("lr_find", lo=lo, hi=hi, steps=steps)
+
+    def cancel(self):
+        """End the probe under way: the main run is put back at once."""
+        return self.submit("cancel")

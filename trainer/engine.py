@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import snapshot
+from . import probe, snapshot
 from .checkpoints import CheckpointStore
 from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Controls, Result
 from .config import ConfigError, RunConfig
 from .data import Batches, all_batches
+from .probe import Plan, ProbeError
 from .hparams import HParamError, HParams, decayed_lr, to_dict, validate
 from .instruments import Health, Instruments, memory_bytes
 from .journal import EvalRow, Journal, JournalError, Reader, StepRow
@@ -120,6 +121,9 @@ class Trainer(Controls):
         self._last_readback = 0.0
         self._written: tuple | None = None  # the (hparams, lr) last written into param_groups
         self._rng_parked: dict | None = None
+        self._plan: Plan | None = None  # the probe or range test under way (state "probing")
+        self._kept: tuple | None = None  # what a probe puts back that no snapshot holds
+        self._main_status: Status | None = None  # the Status published while a probe works
         self.anomaly: Anomaly | None = None  # what paused the run, while it is paused on it
         self.skipped = 0  # updates the sentinel dropped
         self._sound_at = 0  # the last step whose whole state was checked finite
@@ -272,8 +276,8 @@ class Trainer(Controls):
     def wait(self, timeout: float | None = None) -> bool:
         """Block until training is not running (done, paused, stopped, error); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self.state != "running" and not self._cmds and not self._applying,
-                                       timeout)
+            return self._cond.wait_for(lambda: self.state not in ("running", "probing") and not self._cmds
+                                       and not self._applying, timeout)
 
     def close(self) -> None:
         """Stop training (final checkpoint), end the thread, commit the journal and release the run.
@@ -294,6 +298,12 @@ class Trainer(Controls):
     # --- the training loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         while self._take_commands():
+            if self._plan is not None:
+                try:
+                    self._probe_tick()
+                except Exception as e:  # a side run's crash ends the probe; the main run is put back
+                    self._end_probe(error=f"{type(e).__name__}: {e}")
+                continue
             if self.cfg.max_steps and self.step >= self.cfg.max_steps:
                 self._finish("done", f"reached the step limit {self.cfg.max_steps}")
                 self._publish()
@@ -579,6 +589,10 @@ class Trainer(Controls):
         """Swap in a new Status: the only thing other threads read of the run's live state."""
         hp = self.hp
         self._version += 1
+        if self._plan is not None:  # the main run as it was when the probe began, and the probe's progress
+            self._status = dataclasses.replace(self._main_status, state="probing", accepts=ACCEPTS["probing"],
+                                               version=self._version, probe=self._probe_status())
+            return
         self._status = Status(
             state=self.state, error=self.error, step=self.step, epoch=self.batches.epoch,
             epoch_progress=self.batches.offset / self.n_train,
@@ -589,7 +603,7 @@ class Trainer(Controls):
             version=self._version, anomaly=frozen_map(self.anomaly.to_dict() if self.anomaly else None),
             sentinel=frozen_map({"policy": self.cfg.sentinel, "window": self.cfg.sentinel_window,
                                  "sigma": self.cfg.sentinel_sigma, "lr_factor": self.cfg.rollback_lr_factor}),
-            skipped=self.skipped, memory=memory_bytes(self.device))
+            skipped=self.skipped, memory=memory_bytes(self.device), probe=None)
 
     # --- commands, applied by the training thread between steps -------------------------------
     def _take_commands(self) -> bool:
@@ -597,7 +611,7 @@ class Trainer(Controls):
 
         The lock is held only to take commands off the queue, never while they are applied.
         """
-        if self.state == "running" and not self._cmds:  # the per-step fast path
+        if self.state in ("running", "probing") and not self._cmds:  # the per-step fast path
             return True
         while True:
             with self._cond:
@@ -619,7 +633,7 @@ class Trainer(Controls):
                 self._applying = False
                 if self._cmds:
                     continue
-                if self.state == "running":
+                if self.state in ("running", "probing"):
                     self._unpark_rng()
                     return True
                 self._cond.notify_all()  # for wait(): training has come to rest
@@ -685,6 +699,8 @@ class Trainer(Controls):
         return Result(True, self.step + 1)
 
     def _cmd_close(self) -> Result:
+        if self._plan is not None:
+            self._end_probe(cancelled=True)
         self._final_checkpoint()  # so a reopened run continues exactly where it was closed
         self._readback()
         self._event("close", f"closed at step {self.step}")
@@ -856,6 +872,182 @@ class Trainer(Controls):
                 self._event("skip", f"skipped the next {skip} batches")
         return Result(True, self.step + 1, message=where, value=self.branch)
 
+    # --- probes: short side runs from the live state (trainer/probe.py plans and scores them) ------
+    def _cmd_probe(self, samples: int = 6, steps: int = 200, lr_range: Any = None, momentum_range: Any = None,
+                   seed: int | None = None) -> Result:
+        """k side runs of n steps from this state, lr log-uniform in lr_range (default: lr / 10 to
+        lr x 10), momentum as 1 - 10^r in momentum_range if given; then back here, exactly."""
+        try:
+            lrs, moms = probe.check_plan(samples, steps, lr_range or (self.hp.lr / 10, self.hp.lr * 10),
+                                         momentum_range)
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise ProbeError(f"seed: expected an integer, got {seed!r}")
+        except ProbeError as e:
+            return Result(False, self.step, str(e))
+        if moms is not None and self.cfg.nesterov and moms[0] == 0:
+            return Result(False, self.step, "momentum_range: must be above 0 with Nesterov")
+        settings = probe.sample(samples, lrs, moms, self.cfg.seed * 1_000_003 + self.step if seed is None else seed)
+        return self._begin_probe("probe", settings, steps, lrs, moms)
+
+    def _cmd_lr_find(self, lo: float = 1e-7, hi: float = 10.0, steps: int = 100) -> Result:
+        """The LR range test: one side run whose lr grows exponentially from lo to hi over `steps`
+        steps, stopped early once the loss exceeds 4x its minimum; then back here, exactly."""
+        try:
+            lrs, _ = probe.check_plan(1, steps, (lo, hi), None)
+        except ProbeError as e:
+            return Result(False, self.step, str(e))
+        return self._begin_probe("lr_find", [{}], steps, lrs, None)
+
+    def _cmd_cancel(self) -> Result:
+        self._end_probe(cancelled=True)
+        return Result(True, self.step + 1)
+
+    def _begin_probe(self, kind: str, settings: list[dict], steps: int, lrs: tuple, moms: tuple | None) -> Result:
+        self._readback()
+        self.journal.flush()
+        self._publish()
+        self._main_status = self._status
+        self._kept = (self.branch, self.state, self._ckpt_at, self._eval, self._grid, self._last_loss, self.skipped)
+        self._plan = Plan(kind, settings, steps, self.step, self.branch, self.state, self._capture(), lrs, moms,
+                          time.monotonic())
+        self.state = "probing"
+        return Result(True, self.step + 1, value={"kind": kind, "settings": settings, "steps": steps})
+
+    def _probe_tick(self) -> None:
+        """One step of the side run under way (it starts from the base snapshot on its own branch)."""
+        p = self._plan
+        if p.branch is None:
+            self._load(p.base)
+            self._written = None
+            p.branch = 1 + max(b["id"] for b in self.journal.branches())
+            self.branch = p.branch
+            self.journal.add_branch(p.branch, p.main_branch, p.start_step, p.kind, None)
+            self.journal.flush()
+            changes = p.settings[p.index]
+            if changes:  # as set_hparams would set them on the main run: Adopt then follows this curve
+                if "lr" in changes:
+                    self.lr_set_epoch = self.batches.epoch
+                self.hp = validate(self.hp, changes, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
+            p.losses, p.lrs, p.done_steps = [], [], 0
+        lr = (probe.range_lr(p.done_steps, p.steps, *p.lr_range) if p.kind == "lr_find"
+              else decayed_lr(self.hp, self.batches.epoch - self.lr_set_epoch, self.step + 1))
+        loss = self._side_step(lr)
+        p.losses.append(loss)
+        p.lrs.append(lr)
+        p.done_steps += 1
+        if not math.isfinite(loss) or p.done_steps == p.steps or p.kind == "lr_find" and probe.diverged(p.losses):
+            self._end_side_run(not math.isfinite(loss))
+        elif time.perf_counter() - self._last_readback >= READBACK_S:
+            self._last_readback = time.perf_counter()
+            self.journal.log_steps(self._pending)
+            self._pending = []
+            self._publish()
+
+    def _side_step(self, lr: float) -> float:
+        """The math of _train_step (same ops, same order), with no sentinel, instruments, evaluation
+        or checkpoint: a side run that adopts its settings on the main run draws the same curve."""
+        hp, opt = self.hp, self.optimizer
+        if self._written is None or hp is not self._written[0] or lr != self._written[1]:
+            self._write_param_groups(hp, lr)
+        t0 = time.perf_counter()
+        (x, y), _ = self.batches.next(hp.batch_size)
+        loss = self.task.loss(self.model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        if hp.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
+        lv, gv = loss.item(), gnorm.item()
+        if not (math.isfinite(lv) and math.isfinite(gv)):
+            opt.zero_grad(set_to_none=True)
+            return math.inf if math.isfinite(lv) else lv
+        opt.step()
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self._pending.append(StepRow(self.branch, self.step, self.batches.epoch + self.batches.offset / self.n_train,
+                                     lv, lr, hp.momentum, hp.weight_decay, hp.batch_size, gv,
+                                     len(y) / dt if dt > 0 else 0.0, time.time(), None))
+        return lv
+
+    def _end_side_run(self, diverged: bool) -> None:
+        p = self._plan
+        self.journal.log_steps(self._pending)
+        self._pending = []
+        val = None if diverged or p.kind == "lr_find" else self._val_loss()
+        if val is not None:
+            self.journal.log_eval(EvalRow(self.branch, self.step, self.batches.epoch, val, None, None, None, None,
+                                          time.time()))
+        finite = [v for v in p.losses if math.isfinite(v)]
+        r = {**p.settings[p.index], "branch": p.branch, "steps": len(finite), "diverged": diverged,
+             "score": _finite(probe.score(p.losses)) if p.kind == "probe" else None, "val_loss": val,
+             "last_loss": finite[-1] if finite else None}
+        if p.kind == "lr_find":
+            r.update(probe.suggestions(p.lrs[:len(finite)], finite), stopped_early=len(p.losses) < p.steps)
+        p.results.append(r)
+        p.index, p.branch = p.index + 1, None
+        if p.index == len(p.settings):
+            self._end_probe()
+        else:
+            self._publish()
+
+    def _end_probe(self, cancelled: bool = False, error: str | None = None) -> None:
+        """Put the main run back exactly as it was, and record what the probe found."""
+        p = self._plan
+        if p is None:
+            return
+        self._pending = []
+        self._load(p.base)
+        self._written = None
+        self.branch, self.state, self._ckpt_at, self._eval, self._grid, self._last_loss, self.skipped = self._kept
+        self._plan, self._kept = None, None
+        ranked = probe.rank(p.results) if p.kind == "probe" else p.results
+        secs = time.monotonic() - p.started
+        data = {"kind": p.kind, "start_step": p.start_step, "branch": p.main_branch, "steps": p.steps,
+                "samples": len(p.settings), "lr_range": list(p.lr_range),
+                "momentum_range": list(p.momentum_range) if p.momentum_range else None, "results": ranked,
+                "cancelled": cancelled, "error": error, "seconds": secs}
+        what = "probe" if p.kind == "probe" else "LR range test"
+        if error:
+            msg = f"{what} from step {p.start_step} failed: {error}"
+        elif cancelled:
+            msg = f"{what} from step {p.start_step} cancelled after {len(p.results)} of {len(p.settings)} side runs"
+        elif p.kind == "probe":
+            best = ranked[0]
+            msg = (f"probe of {len(p.settings)} settings x {p.steps} steps from step {p.start_step}: best lr "
+                   f"{best['lr']:.3g}" + (f", momentum {best['momentum']:.4g}" if "momentum" in best else "")
+                   + f" (score {best['score']:.4g})")
+        else:
+            r = p.results[0]
+            msg = (f"LR range test from step {p.start_step}: steepest descent at lr {_fmt3(r['steepest'])}, "
+                   f"minimum / 10 at {_fmt3(r['min_div10'])}")
+        self._event(p.kind, msg, data)
+        self.journal.flush()  # the result is in the journal before anyone is told the probe ended
+        self._publish()
+
+    def _probe_status(self) -> dict:
+        p = self._plan
+        return frozen_map({"kind": p.kind, "index": p.index, "samples": len(p.settings), "step": p.done_steps,
+                           "steps": p.steps, "progress": p.progress(), "eta_s": p.eta(time.monotonic()),
+                           "start_step": p.start_step, "branch": p.branch,
+                           "results": tuple(frozen_map(r) for r in p.results)})
+
+    @torch.no_grad()
+    def _val_loss(self) -> float | None:
+        """The validation loss in eval mode (BatchNorm's running averages), as _evaluate computes it."""
+        if self.task.val_data is None:
+            return None
+        was = self.model.training
+        self.model.eval()
+        try:
+            tot, total = 0, 0.0
+            for x, y in all_batches(self.task.val_data, 512, self.device):
+                total += float(self.task.loss(self.model(x), y)) * len(y)
+                tot += len(y)
+        finally:
+            self.model.train(was)
+        return total / tot
+
     # --- checkpoints ----------------------------------------------------------------------------
     def _capture(self) -> dict:
         return snapshot.capture(
@@ -957,6 +1149,14 @@ def _shown(values: Any) -> dict[str, float | str]:
             v = v.item()
         out[str(k)[:MAX_TEXT]] = v[:MAX_SHOWN] if isinstance(v, str) else float(v)
     return out
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None  # JSON has no inf: a diverged side run scores None
+
+
+def _fmt3(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
 
 
 def _fmt(v: Any) -> str:

@@ -64,6 +64,7 @@ class Status:
     sentinel: Mapping[str, Any] | None = None  # policy, window, sigma, lr_factor
     skipped: int = 0  # updates the sentinel dropped
     memory: int = 0  # bytes: CUDA max allocated, or the process's peak RSS
+    probe: Mapping[str, Any] | None = None  # while probing: kind, index, samples, step, steps, eta_s, results
 
     @property
     def sound(self) -> bool:
@@ -81,6 +82,8 @@ class Status:
                                            "last_checkpoint", "version", "skipped", "memory")}
         d["anomaly"] = dict(self.anomaly) if self.anomaly is not None else None
         d["sentinel"] = dict(self.sentinel) if self.sentinel is not None else None
+        d["probe"] = (None if self.probe is None else
+                      {**self.probe, "results": [dict(r) for r in self.probe.get("results", ())]})
         d["hparams"] = self.hp
         d["eval"] = dict(self.eval) if self.eval is not None else None
         d["accepts"] = sorted(self.accepts)
