@@ -8,11 +8,13 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from trainer.probe import DIVERGE_FACTOR
 from trainer.summary import UNIT
 
 U_HP = [UNIT.index(k) for k in ("lr", "momentum", "weight_decay", "batch_size")]
 
 BLUE, ORANGE, GREEN, GREY, RED = "#2563eb", "#f97316", "#16a34a", "#94a3b8", "#dc2626"
+PURPLE = "#7c3aed"
 CLASS_COLORS = ["#ef4444", "#3b82f6", "#22c55e", "#f59e0b", "#a855f7", "#14b8a6"]
 TIMELINE = (("lr", "lr", True), ("momentum", "momentum", False), ("weight_decay", "weight decay", False),
             ("batch_size", "batch", False))
@@ -141,6 +143,18 @@ def loss_figure(view: dict, *, log_y: bool = False, x_axis: str = "step", robust
                           legendgroup="abandoned", showlegend=i == 0,
                           hovertemplate=f"abandoned (branch {b['id']}, fork at step {b['fork_step']})<br>"
                                         "%{x}: %{y:.4g}<extra></extra>"))
+    legend: set[str] = set()
+    for f in view.get("fans", []):  # a probe's side runs from its fork: the best one green
+        best = f["rank"] == 1
+        label = f"lr {fmt3(f['lr'])}" + (f", momentum {f['momentum']:.4g}" if f.get("momentum") is not None else "")
+        rank = f"rank {f['rank']} of {f['of']}, score {fmt3(f['score'])}" if f["rank"] else "running"
+        data.append(_line(x_values(f["step"], f, x_axis, scale), _f32(f["smooth"]), 1, mode="lines",
+                          line={"color": GREEN if best else PURPLE, "width": 2 if best else 1.2},
+                          opacity=0.9 if best else 0.5, name="best side run" if best else "probe side run",
+                          legendgroup="best probe" if best else "probe", showlegend=best not in legend,
+                          hovertemplate=f"probe from step {f['fork_step']}: {label}<br>{rank}<br>"
+                                        "%{x}: %{y:.4g}<extra></extra>"))
+        legend.add(best)
     for i, c in enumerate(compare or []):
         color = COMPARE_COLORS[i % len(COMPARE_COLORS)]
         data.append(_line(x_values(c["step"], c, x_axis, scale), _f32(c["smooth"]), 1, mode="lines", opacity=0.6,
@@ -295,6 +309,35 @@ def metric_figure(view: dict, name: str, *, x_axis: str = "step", revision: str 
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "xanchor": "right", "x": 1})
     if x_axis == "time":
         fig.update_xaxes(type="date")
+    return fig
+
+
+def lr_find_figure(lrs: list[float], losses: list[float], smooth: list[float], result: dict,
+                   height: int = 300) -> go.Figure:
+    """The LR range test: loss against lr on a log x-axis, smoothed, with the two suggestions marked.
+    The y-axis stops at 4x the smoothed minimum's height above it: the blow-up at the end is the
+    stop signal, not something to read."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=lrs, y=_f32(losses), mode="lines", line={"color": BLUE, "width": 1}, opacity=0.35,
+                             name="loss"))
+    fig.add_trace(go.Scatter(x=lrs, y=_f32(smooth), mode="lines", line={"color": BLUE, "width": 2.5}, name="smoothed"))
+    for name, label, color in (("steepest", "steepest descent", GREEN), ("min_div10", "minimum / 10", ORANGE)):
+        v = result.get(name)
+        if v is not None:  # a shape on a log axis takes the value itself (its range takes log10)
+            fig.add_vline(x=v, line={"color": color, "dash": "dash", "width": 1.5},
+                          annotation={"text": f"{label}: {v:.3g}", "font": {"size": 11, "color": color}},
+                          annotation_position="top left" if name == "steepest" else "top right")
+    ok = [v for v in smooth if math.isfinite(v)]
+    yaxis: dict[str, Any] = {"title": "loss"}
+    if ok:  # up to the stop threshold: what lies above it is the blow-up
+        lo = min(ok)
+        top = min(max(ok), DIVERGE_FACTOR * lo) if lo > 0 else max(ok)
+        yaxis["range"] = [lo - 0.05 * (top - lo), top + 0.05 * (top - lo)]
+    xaxis = {"type": "log", "title": "learning rate (log scale)"}
+    if lrs:
+        xaxis["range"] = [math.log10(min(lrs)), math.log10(max(lrs))]
+    fig.update_layout(template=TEMPLATE, height=height, margin={"l": 50, "r": 10, "t": 30, "b": 40},
+                      xaxis=xaxis, yaxis=yaxis, showlegend=False)
     return fig
 
 

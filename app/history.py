@@ -19,6 +19,7 @@ import numpy as np
 from tsdownsample import MinMaxLTTBDownsampler
 
 from trainer import Reader
+from trainer.probe import KINDS as SIDE_RUNS
 from trainer.summary import UNIT
 
 U = {name: i for i, name in enumerate(UNIT)}
@@ -167,7 +168,37 @@ def loss_view(reader: Reader, branch: int, *, zoom: tuple[int, int] | None = Non
                         if Reader.on_lineage(c["branch"], c["step"], lineage) and first <= c["step"] <= last],
         "evals": evals(reader, lineage, first, last),
         "branches": other_branches(reader, branch, lineage, smoothing, lo or 1, hi) if branches else [],
+        "fans": fans(reader, lineage, smoothing, first, last if zoom else None) if branches else [],
     }
+    if out["fans"] and not zoom:  # the whole run's view reaches the end of the side runs
+        out["range"] = (first, max(last, max(int(f["step"][-1]) for f in out["fans"] if len(f["step"]))))
+    return out
+
+
+def fans(reader: Reader, lineage: list, smoothing: float, lo: int, hi: int | None) -> list[dict]:
+    """The probes' side runs forked from this lineage in lo..hi: each a smoothed curve from its fork,
+    with its settings and (once its probe ended) its rank there."""
+    side = [b for b in reader.branches() if b["reason"] == "probe" and b["parent"] is not None
+            and Reader.on_lineage(b["parent"], b["fork_step"], lineage)
+            and lo <= b["fork_step"] + 1 and (hi is None or b["fork_step"] <= hi)]
+    if not side:
+        return []
+    found = {}
+    for e in reader.events(limit=100_000, kinds=("probe",)):
+        for i, r in enumerate(e["data"]["results"]):
+            found[r["branch"]] = {**r, "rank": i + 1, "of": len(e["data"]["results"])}
+    out = []
+    for b in side:
+        own = [(b["id"], b["fork_step"], float("inf"))]
+        units, _ = reader.curve(b["id"], b["fork_step"] + 1, None, budget=BRANCH_POINTS * 2, lineage=own)
+        if not len(units):
+            continue
+        steps, smooth = smoothed(units, smoothing, BRANCH_POINTS)
+        r = found.get(b["id"]) or reader.query("SELECT lr, momentum FROM steps WHERE branch = ? ORDER BY step "
+                                               "LIMIT 1", (b["id"],))[0]
+        out.append({"id": b["id"], "fork_step": b["fork_step"], "step": steps, "smooth": smooth,
+                    "positions": positions(units), "lr": r["lr"], "momentum": r.get("momentum"),
+                    "rank": r.get("rank"), "of": r.get("of"), "score": r.get("score")})
     return out
 
 
@@ -176,7 +207,7 @@ def other_branches(reader: Reader, branch: int, lineage: list, smoothing: float,
     """The abandoned paths seen from `branch` (Reader.other_branches' rule), each as a smoothed,
     downsampled curve over lo..hi (hi None: to its end)."""
     mine = {b for b, _, _ in lineage}
-    paths = [(b["id"], b["fork_step"]) for b in reader.branches() if b["id"] not in mine]
+    paths = [(b["id"], b["fork_step"]) for b in reader.branches() if b["id"] not in mine and b["reason"] not in SIDE_RUNS]
     paths += [(b, int(upto)) for b, _, upto in lineage if upto != float("inf")]
     out = []
     for bid, fork in paths:

@@ -42,7 +42,7 @@ def _eta(s: Status) -> str:
 
 STATE_BADGES = {"running": ":green-badge[running]", "paused": ":orange-badge[paused]", "error": ":red-badge[error]",
                 "stopped": ":gray-badge[stopped]", "done": ":blue-badge[done]", "ready": ":gray-badge[ready]",
-                "closed": ":gray-badge[closed]", "idle": ":gray-badge[no trainer]",
+                "closed": ":gray-badge[closed]", "probing": ":violet-badge[probing]", "idle": ":gray-badge[no trainer]",
                 "finished": ":blue-badge[finished]", "busy": ":gray-badge[starting or closing]"}
 
 
@@ -208,4 +208,4 @@ def checkpoint_table() -> None:
 def run_every() -> float:
     """Once a second while training; slower otherwise, so a change made elsewhere (`ctl`, another tab,
     a trainer process that ended) still shows."""
-    return TICK if status().state == "running" else 5 * TICK
+    return TICK if status().state in ("running", "probing") else 5 * TICK

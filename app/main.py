@@ -1,5 +1,5 @@
 """The page: sidebar controls, the run's remote control, the live view, and tabs for checkpoints,
-anomalies (Recover, the sentinel's policy), diagnostics and events."""
+probes (side runs and the LR range test), anomalies (Recover, the sentinel's policy), diagnostics and events."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,6 +12,7 @@ from .controls import control_bar, detached_banner
 from .diagnostics import diagnostics_view
 from .hparams_panel import hparams_panel
 from .live import chart_options, checkpoint_table, event_log, live_view, run_every
+from .probe_panel import probe_panel
 from .recover import anomalies_panel
 from .runs_panel import runs_panel
 
@@ -52,11 +53,14 @@ def main(args: dict) -> None:
     every = run_every()
     live_view(every)
     chart_options()
-    tab_ckpt, tab_anom, tab_diag, tab_events = st.tabs(["Checkpoints", "Anomalies", "Diagnostics", "Events"])
+    tab_ckpt, tab_probe, tab_anom, tab_diag, tab_events = st.tabs(["Checkpoints", "Probe", "Anomalies",
+                                                                   "Diagnostics", "Events"])
     slow = every and every * 5  # the tables change more slowly than the curve
     with tab_ckpt:
         st.fragment(run_every=slow)(checkpoint_table)()
         st.fragment(run_every=slow)(restore_panel)()  # lists checkpoints saved after the page was drawn
+    with tab_probe:  # its progress bar follows the probe every second
+        st.fragment(run_every=every)(probe_panel)()
     with tab_anom:
         st.fragment(run_every=slow)(anomalies_panel)()
     with tab_diag:

@@ -20,6 +20,7 @@ import pytest
 
 from conftest import ROOT, kill_trainers
 from trainer.client import RunClient, is_live, run_state
+from trainer.journal import Reader
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -473,6 +474,49 @@ def test_diverge_then_recover_in_one_click(tmp_path, bare_page):
             assert restore and '"fork_step": 300' in restore[0] and start > 300
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "recovered.png"))
+    finally:
+        for p in procs:
+            p.kill()
+        kill_trainers(runs)
+
+
+def test_run_a_probe_and_adopt_the_winner(tmp_path, bare_page):
+    """From the Probe tab: run a probe on a paused run, watch its fan appear on the loss chart and
+    its ranked table fill, Adopt the winner (a recorded lr change), then the LR range test's chart."""
+    from playwright.sync_api import expect
+
+    page = bare_page
+    runs = tmp_path / "runs"
+    d = runs / "probe"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([sys.executable, "-m", "trainer", "run", "--task", "spirals", "--run-dir", d,
+                                       "--max-steps", "300", "--keep-serving"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.STDOUT))
+        wait_for(lambda: is_live(d) and (d / "control.sock").exists(), "the run to be served")
+        with RunClient(d) as c:
+            wait_for(lambda: c.status().state == "done", "the first 300 steps", timeout=90)
+            url, server = start_server(runs, "--run-dir", d)
+            procs.append(server)
+            first_page(page, url)
+            page.get_by_role("tab", name="Probe").click()
+            page.get_by_role("button", name="Run probe").click()
+            wait_for(lambda: c.status().state == "done" and Reader(d).events(kinds=("probe",)), "the probe", 90)
+            best = Reader(d).events(kinds=("probe",))[-1]["data"]["results"][0]
+            fig = wait_for(lambda: (f := plot(page)) and trace(f, "best side run") and f, "the fan on the chart")
+            assert trace(fig, "best side run")["last"] == 500  # 200 steps from step 300
+            assert sum(t["name"] in ("probe side run", "best side run") for t in fig["data"]) == 6
+            expect(page.get_by_text("probe of 6 settings x 200 steps from step 300")).to_be_visible(timeout=20_000)
+            page.get_by_role("button", name="Adopt", exact=True).click()
+            wait_for(lambda: c.status().hparams.lr == float(f"{best['lr']:.4g}"), "the adopted lr")
+            assert Reader(d).events(kinds=("hparams",))[-1]["data"]["new"] == float(f"{best['lr']:.4g}")
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "probe.png"), full_page=True)
+            page.get_by_role("button", name="Run LR range test").click()
+            wait_for(lambda: c.status().state == "done" and Reader(d).events(kinds=("lr_find",)), "the range test", 60)
+            expect(page.get_by_text("LR range test from step 300")).to_be_visible(timeout=20_000)
+            assert c.status().step == 300 and Reader(d).lineage(0) == [(0, 0, float("inf"))]
+            page.screenshot(path=str(ARTIFACTS / "lr_find.png"), full_page=True)
     finally:
         for p in procs:
             p.kill()

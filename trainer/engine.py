@@ -935,7 +935,7 @@ class Trainer(Controls):
         p.losses.append(loss)
         p.lrs.append(lr)
         p.done_steps += 1
-        if not math.isfinite(loss) or p.done_steps == p.steps or p.kind == "lr_find" and probe.diverged(p.losses):
+        if not math.isfinite(loss) or p.done_steps == p.steps or p.kind == "lr_find" and probe.diverged(p.losses, p.steps):
             self._end_side_run(not math.isfinite(loss))
         elif time.perf_counter() - self._last_readback >= READBACK_S:
             self._last_readback = time.perf_counter()

@@ -273,7 +273,8 @@ class Reader:
         steps after the fork that left it. Each comes with its own steps, for drawing faded."""
         lineage = self.lineage(branch)
         mine = {b for b, _, _ in lineage}
-        out = [{**b, "steps": self.branch_metrics(b["id"], max_points)} for b in self.branches() if b["id"] not in mine]
+        out = [{**b, "steps": self.branch_metrics(b["id"], max_points)} for b in self.branches()
+               if b["id"] not in mine and b["reason"] not in ("probe", "lr_find")]  # side runs: probe.KINDS
         for b, _, upto in lineage:
             if upto != float("inf"):
                 rows = [r for r in self.branch_metrics(b, max_points) if r["step"] > upto]

@@ -133,12 +133,16 @@ def centred(losses: list[float]) -> list[float]:
     return [sum(losses[max(0, i - h):i + h + 1]) / len(losses[max(0, i - h):i + h + 1]) for i in range(len(losses))]
 
 
-def diverged(losses: list[float]) -> bool:
-    """Stop the range test: a non-finite loss, or the smoothed loss above DIVERGE_FACTOR x its minimum."""
+def diverged(losses: list[float], steps: int) -> bool:
+    """Stop the range test (of `steps` steps): a non-finite loss, or the smoothed loss above
+    DIVERGE_FACTOR x its minimum once a tenth of the steps have set that minimum (a trained model's
+    batch losses alone vary that much, and the first averages rest on a few of them)."""
     if not losses or not math.isfinite(losses[-1]):
         return bool(losses)
+    if len(losses) < max(5, steps // 10):
+        return False
     s = smoothed(losses)
-    return len(s) > 1 and s[-1] > DIVERGE_FACTOR * min(s)
+    return s[-1] > DIVERGE_FACTOR * min(s)
 
 
 def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float | None]:
