@@ -155,18 +155,39 @@ def side_charts() -> None:
                             key=f"metric_chart_{name}", config={"displayModeBar": False})
 
 
+def shown_values() -> None:
+    """What the task shows at each evaluation (Task.show): numbers as metrics (quadratic's w and
+    cost), text as a block (charlm's sample, generated in eval mode)."""
+    s = status()
+    ev = dict(s.eval or {})
+    shown = {k: v for k, v in ev.items() if k != "step" and not k.startswith(("val_", "train_"))}
+    if not shown:
+        return
+    nums = {k: v for k, v in shown.items() if not isinstance(v, str)}
+    if nums:
+        cols = st.columns(max(4, len(nums)))
+        for col, (k, v) in zip(cols, nums.items()):
+            col.metric(f"{k} (step {ev['step']:,})", fmt(v, ".6g"))
+    for k, v in shown.items():
+        if isinstance(v, str):
+            st.caption(f"{k} at step {ev['step']:,} (the model in eval mode)")
+            st.code(v, language=None, wrap_lines=True)
+
+
 def live_view(every: float) -> None:
-    """The live part of the page: three fragments, so each redraws only what it shows, at its pace."""
+    """The live part of the page: fragments, so each redraws only what it shows, at its pace."""
     st.fragment(run_every=every)(live_header)()
     s = status()
     if s.run.has_grid or s.run.metrics:
         left, right = st.columns([2.3, 1])
         with left:
             st.fragment(run_every=every)(loss_chart)()
+            st.fragment(run_every=SIDE_EVERY * every)(shown_values)()
         with right:
             st.fragment(run_every=SIDE_EVERY * every)(side_charts)()
     else:
         st.fragment(run_every=every)(loss_chart)()
+        st.fragment(run_every=SIDE_EVERY * every)(shown_values)()
 
 
 def chart_options() -> None:

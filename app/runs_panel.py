@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from trainer import RunConfig
-from trainer.config import BUILTIN_TASKS, OPTIMIZERS
+from trainer.config import BUILTIN_TASKS, OPTIMIZERS, TASK_HELP, TASK_OPTIMIZER
 
 from . import runtime
 from .common import as_int, show_run, status, trainer
@@ -41,6 +41,11 @@ def _new_run() -> None:
     ss.pop("run_error", None)
     show_run(cfg.run_dir)
     _forget_run()
+
+
+def _task_picked() -> None:
+    """A task meant for another optimizer (charlm: AdamW) selects it; the user may still change it."""
+    ss["new_optimizer"] = TASK_OPTIMIZER.get(ss["new_task"], "sgd")
 
 
 def _pause_current() -> bool:
@@ -79,7 +84,9 @@ def runs_panel() -> None:
     if ss.get("run_error"):
         st.error(ss["run_error"], icon="⚠️")
     with st.expander("New run", expanded=False):
-        st.selectbox("Task", [*BUILTIN_TASKS, CUSTOM], key="new_task")
+        st.selectbox("Task", [*BUILTIN_TASKS, CUSTOM], key="new_task", on_change=_task_picked)
+        if ss.get("new_task") in TASK_HELP:
+            st.caption(TASK_HELP[ss["new_task"]])
         if ss.get("new_task") == CUSTOM:
             st.text_input("Plugin", key="new_custom", placeholder="my_tasks.py:make_task")
         if ss.get("new_task") == "spirals":

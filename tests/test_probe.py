@@ -189,3 +189,16 @@ def test_cli_probe_on_a_live_run_goes_through_its_trainer(tmp_path):
         assert c.status().state == "running"  # it was running: it goes on
         assert [e["data"]["start_step"] for e in Reader(d).events(kinds=("probe",))] == [out["start_step"]]
         c.close()
+
+
+def test_a_side_run_that_crashes_ends_the_probe_and_puts_the_run_back(make):
+    from conftest import PLUGINS
+
+    t = make("crash", task=f"{PLUGINS / 'broken.py'}:forward_error")  # the 5th training forward raises
+    before = t._capture()
+    assert t.probe(samples=2, steps=10).wait().ok and t.wait(60)
+    found = probes(t)[-1]
+    assert "shapes do not match" in found["error"] and not found["results"]
+    assert t.status().state == "ready" and t.step == 0 and t.status().probe is None
+    assert_same_state(t._capture(), before)
+    run_to(t, 5)  # and it trains on

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import OPTIMIZERS, ConfigError, RunConfig
+from .config import OPTIMIZERS, TASK_HELP, TASK_OPTIMIZER, ConfigError, RunConfig
 from .sentinel import POLICIES
 from .hparams import HParamError, field_specs
 from .journal import JournalError, Reader
@@ -46,11 +46,12 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m trainer", description="Panda's headless trainer.")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="start a new run; its process serves it to `ctl` and the dashboard")
-    r.add_argument("--task", default="spirals", help="spirals[:C], digits, quadratic, module:function or "
-                                                     "file.py:function (default: spirals)")
+    r.add_argument("--task", default="spirals", help="; ".join(f"{k}: {v}" for k, v in TASK_HELP.items())
+                   + "; or your own, module:function or file.py:function (default: spirals)")
     r.add_argument("--run-dir", help="run directory (default: runs/<task>-<time>)")
     r.add_argument("--max-steps", type=int, default=2000, help="global step to stop at (default: 2000)")
-    r.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="default: sgd")
+    r.add_argument("--optimizer", choices=OPTIMIZERS,
+                   help="default: the task's own (charlm: adamw), else sgd")
     r.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
     r.add_argument("--seed", type=int, default=0, help="default: 0")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
@@ -239,7 +240,8 @@ def _cmd_run(a) -> None:
     run_dir = a.run_dir or f"runs/{a.task.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not isinstance(a.config, dict):
         raise CliError("--config: give a JSON object of RunConfig settings")
-    flags = dict(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
+    optimizer = a.optimizer or TASK_OPTIMIZER.get(a.task.partition(":")[0], "sgd")
+    flags = dict(task=a.task, run_dir=run_dir, optimizer=optimizer, nesterov=a.nesterov, seed=a.seed,
                  device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every,
                  sentinel=a.sentinel, instrument_every=a.instrument_every)
     cfg = RunConfig.from_dict({**flags, **a.config})
