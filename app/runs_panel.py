@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from trainer import RunConfig
-from trainer.config import BUILTIN_TASKS, OPTIMIZERS, TASK_HELP, TASK_OPTIMIZER
+from trainer.config import BUILTIN_TASKS, OPTIMIZERS, TASK_HELP, task_config
 
 from . import runtime
 from .common import as_int, show_run, status, trainer
@@ -24,8 +24,9 @@ def _new_run() -> None:
     hp = {k: as_int(ss[f"new_{k}"]) for k in ("lr", "momentum", "batch_size") if ss.get(f"new_{k}") is not None}
     try:
         name = (ss.get("new_name") or "").strip() or runtime.default_name(task or "run")
-        cfg = RunConfig(task=task, run_dir=str(runtime.run_dir_for(name)), optimizer=ss["new_optimizer"],
-                        seed=as_int(ss.get("new_seed") or 0.0), max_steps=as_int(ss.get("new_max_steps") or 0.0))
+        cfg = RunConfig(**{**task_config(task), "task": task, "run_dir": str(runtime.run_dir_for(name)),
+                           "optimizer": ss["new_optimizer"], "seed": as_int(ss.get("new_seed") or 0.0),
+                           "max_steps": as_int(ss.get("new_max_steps") or 0.0)})
         if (Path(cfg.run_dir) / "journal.sqlite").exists():
             raise ValueError(f"a run named {name!r} exists already: open it, or choose another name")
         paused = _pause_current()
@@ -45,7 +46,7 @@ def _new_run() -> None:
 
 def _task_picked() -> None:
     """A task meant for another optimizer (charlm: AdamW) selects it; the user may still change it."""
-    ss["new_optimizer"] = TASK_OPTIMIZER.get(ss["new_task"], "sgd")
+    ss["new_optimizer"] = task_config(ss["new_task"]).get("optimizer", "sgd")
 
 
 def _pause_current() -> bool:

@@ -23,7 +23,7 @@ from trainer import Result, RunConfig, Status
 from trainer.client import NoTrainerError, RunClient, is_live, last_heartbeat, offline_status, run_state
 from trainer.commands import Command, Controls
 from trainer.hparams import HParamError, field_specs, validate
-from trainer.config import TASK_OPTIMIZER
+from trainer.config import task_config
 
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m trainer` is importable
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -296,11 +296,6 @@ def _liveliness(name: str) -> tuple:
     return beat.get("state") == "running", beat.get("started", 0.0)
 
 
-def task_optimizer(task: str) -> str:
-    """The optimizer a built-in task is meant for (charlm: AdamW), else SGD."""
-    return TASK_OPTIMIZER.get(task.partition(":")[0], "sgd")
-
-
 def pick_run(args: dict) -> Path:
     """The run a new session shows: the one named on the command line (created with --task when it
     holds no run yet), else a live run (one training first), else the newest run, else a new run of --task."""
@@ -309,12 +304,12 @@ def pick_run(args: dict) -> Path:
         if args.get("run_dir"):
             d = Path(args["run_dir"]).resolve()
             if not (d / "journal.sqlite").exists() and not is_live(d):
-                create(RunConfig(task=task, run_dir=str(d), optimizer=task_optimizer(task)))
+                create(RunConfig(**{**task_config(task), "task": task, "run_dir": str(d)}))
             return d
         runs = list_runs()
         live = sorted((n for n, state in runs if state == "live"), key=_liveliness, reverse=True)
         if live or runs:
             return run_dir_for((live or [n for n, _ in runs])[0])
         d = run_dir_for(default_name(task))
-        create(RunConfig(task=task, run_dir=str(d), optimizer=task_optimizer(task)))
+        create(RunConfig(**{**task_config(task), "task": task, "run_dir": str(d)}))
         return d

@@ -16,8 +16,9 @@ TASKS = {  # task -> (k, extra steps on the abandoned path, optimizer, hparams)
     "digits": (50, 20, "adam", {"lr": 0.01, "weight_decay": 1e-4}),
     "quadratic": (40, 15, "sgd", {"momentum": 0.5}),
     f"{PLUGINS / 'noisy.py'}:make": (40, 17, "adamw", {"grad_clip": 0.5}),
+    "charlm": (20, 8, "adamw", {"lr": 1e-3}),
 }
-IDS = ["spirals", "digits", "quadratic", "plugin-all-rngs"]
+IDS = ["spirals", "digits", "quadratic", "plugin-all-rngs", "charlm"]
 
 
 def straight(make, task, opt, hp, steps):

@@ -25,6 +25,54 @@ def test_quadratic_coefficients_are_data():
         assert task.model(x).item() == 0.0  # (w - 5)^2
 
 
+def test_quadratic_cost_is_never_negative_near_its_minimum():
+    """The expanded x0 w^2 + x1 w + x2 rounds to small negatives near w = 5 in float32."""
+    task = load_task("quadratic")
+    x, _ = task.train_data[0]
+    w = torch.linspace(4.99, 5.01, 2001)
+    expanded = x[0] * w ** 2 + x[1] * w + x[2]
+    assert (expanded < 0).any()  # the failure the completed square avoids
+    costs = torch.empty_like(w)
+    with torch.no_grad():
+        for i, v in enumerate(w):
+            task.model.w.copy_(v)
+            costs[i] = task.model(x)[0]
+    assert (costs >= 0).all()
+    assert torch.allclose(costs, ((w.double() - 5) ** 2).float(), atol=1e-6, rtol=1e-4)  # reference in float64
+
+
+@pytest.mark.parametrize("coeffs", [(2.0, -3.0, 1.0), (-0.5, 1.0, 4.0), (0.0, 3.0, -2.0), (0.0, 0.0, 7.0)])
+def test_quadratic_keeps_the_course_function_and_its_gradient(coeffs):
+    """Other coefficients, a linear one (x0 = 0) included: value and dcost/dw as in the expanded form."""
+    from trainer.tasks import quadratic
+
+    task = quadratic(coeffs)
+    x, _ = task.train_data[0]
+    a, b, c = (float(v) for v in coeffs)
+    for w in (-3.0, 0.0, 0.7, 5.0):
+        with torch.no_grad():
+            task.model.w.fill_(w)
+        out = task.model(x)[0]
+        out.backward()
+        assert out.item() == pytest.approx(a * w * w + b * w + c, abs=1e-5)
+        assert task.model.w.grad.item() == pytest.approx(2 * a * w + b, abs=1e-5)
+        task.model.w.grad = None
+
+
+def test_quadratic_trains_to_five_without_a_negative_loss_and_shows_w(make):
+    t = make(task="quadratic", optimizer="sgd", ckpt_every=0, eval_every=100)
+    run_to(t, 1500)
+    losses = [r["loss"] for r in t.reader().metrics(0)]
+    assert len(losses) == 1500 and min(losses) >= 0
+    assert abs(t.model.w.item() - 5.0) < 2e-5  # it stalls where lr * 2(w - 5) is below half of float32's step at 5
+    shown = t.status().eval
+    assert shown["w"] == t.model.w.item() and shown["cost"] == pytest.approx((shown["w"] - 5) ** 2, abs=1e-9)
+    assert shown["cost"] >= 0
+    with torch.no_grad():
+        t.model.w.fill_(2.0)
+        assert t.task.show(t.model, torch.device("cpu")) == {"w": 2.0, "cost": 9.0}
+
+
 @pytest.mark.parametrize("classes", [3, 4, 5, 6])
 def test_spirals_classes_and_grid(classes):
     task = load_task(f"spirals:{classes}")

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import OPTIMIZERS, TASK_HELP, TASK_OPTIMIZER, ConfigError, RunConfig
+from .config import OPTIMIZERS, TASK_HELP, ConfigError, RunConfig, task_config
 from .sentinel import POLICIES
 from .hparams import HParamError, field_specs
 from .journal import JournalError, Reader
@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="default: 0")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     r.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints (default: 200)")
-    r.add_argument("--eval-every", type=int, default=100, help="steps between evaluations (default: 100)")
+    r.add_argument("--eval-every", type=int, help="steps between evaluations (default: 100; charlm: 250)")
     r.add_argument("--sentinel", choices=POLICIES, default="skip",
                    help="what an anomaly (spike, NaN, explosion) does; live with `ctl sentinel` (default: skip)")
     r.add_argument("--instrument-every", type=int, default=50,
@@ -240,11 +240,11 @@ def _cmd_run(a) -> None:
     run_dir = a.run_dir or f"runs/{a.task.replace('/', '_').replace(':', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not isinstance(a.config, dict):
         raise CliError("--config: give a JSON object of RunConfig settings")
-    optimizer = a.optimizer or TASK_OPTIMIZER.get(a.task.partition(":")[0], "sgd")
-    flags = dict(task=a.task, run_dir=run_dir, optimizer=optimizer, nesterov=a.nesterov, seed=a.seed,
+    flags = dict(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
                  device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every,
                  sentinel=a.sentinel, instrument_every=a.instrument_every)
-    cfg = RunConfig.from_dict({**flags, **a.config})
+    given = {k: v for k, v in flags.items() if v is not None}
+    cfg = RunConfig.from_dict({**task_config(a.task), **given, **a.config})
     run_dir = cfg.run_dir
     t = Trainer.create(cfg, _hparams(a))
     print(f"run {run_dir}: task {cfg.task} on {t.status().run.device}", file=sys.stderr)

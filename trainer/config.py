@@ -8,7 +8,22 @@ from typing import Any
 from .sentinel import POLICIES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-BUILTIN_TASKS = ("spirals", "digits", "quadratic")  # trainer/tasks.py builds them; named here without torch
+BUILTIN_TASKS = ("spirals", "digits", "quadratic", "charlm")  # trainer/tasks.py builds them; named here without torch
+TASK_HELP = {  # one line per built-in, for the New-run form and the CLI's help
+    "spirals": "2-D points on 3 interleaved spirals, a small MLP with BatchNorm (spirals:N for N = 3..6 arms)",
+    "digits": "scikit-learn's 8x8 handwritten digits, an MLP classifier",
+    "quadratic": "one weight w minimising (w - 5)^2, the course's first TensorFlow example",
+    "charlm": "a character-level GPT on Python's own stdlib source (charlm:SIZE for tiny, small, medium, large)",
+}
+# Run settings a built-in is meant for, where they differ from RunConfig's defaults (the CLI and the
+# New-run form start from them; explicit choices win): charlm is an AdamW model, and its evaluation
+# (val loss and a generated sample) costs about 15 steps on a CPU.
+TASK_CONFIG: dict[str, dict[str, Any]] = {"charlm": {"optimizer": "adamw", "eval_every": 250}}
+
+
+def task_config(task: str) -> dict[str, Any]:
+    """TASK_CONFIG for a task spec ("charlm:medium" -> charlm's); {} for the others and plugins."""
+    return dict(TASK_CONFIG.get(task.partition(":")[0], {}))
 
 
 class ConfigError(ValueError):

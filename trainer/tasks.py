@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, IterableDataset, TensorDataset
 
+from . import charlm
 from .config import BUILTIN_TASKS
 from .data import check_size
 from .hparams import HParamError, HParams, validate
@@ -115,7 +116,12 @@ def digits(seed: int = 0) -> Task:
 # --- quadratic: the course's first TensorFlow example ----------------------------------------
 
 class Quadratic(nn.Module):
-    """cost = x0 * w^2 + x1 * w + x2, with w starting at 0 and the coefficients as data."""
+    """cost = x0 * w^2 + x1 * w + x2, with w starting at 0 and the coefficients as data.
+
+    Computed as x0 * (w + x1 / 2x0)^2 + (x2 - x1^2 / 4x0): the same function and gradient, but the
+    course's (1, -10, 25) gives (w - 5)^2 exactly, never the tiny negative values that float32
+    rounding of the expanded form gives near w = 5 (a log-scale loss chart cannot draw those).
+    """
 
     def __init__(self):
         super().__init__()
@@ -123,7 +129,11 @@ class Quadratic(nn.Module):
 
     def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
         c = coeffs.reshape(-1, 3)
-        return c[:, 0] * self.w ** 2 + c[:, 1] * self.w + c[:, 2]
+        a, b, k = c[:, 0], c[:, 1], c[:, 2]
+        square = a != 0
+        a_ = torch.where(square, a, torch.ones_like(a))  # no 0/0 in the branch torch.where discards
+        completed = a * (self.w + b / (2 * a_)) ** 2 + (k - b * b / (4 * a_))
+        return torch.where(square, completed, b * self.w + k)
 
 
 def _cost(out: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
@@ -133,23 +143,55 @@ def _cost(out: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
 def quadratic(coefficients: tuple[float, float, float] = (1.0, -10.0, 25.0), seed: int = 0) -> Task:
     c = torch.tensor([list(coefficients)], dtype=torch.float32)
     data = TensorDataset(c, torch.zeros(1))
+
+    def show(model: nn.Module, device: torch.device) -> dict[str, float]:
+        return {"w": model.w.item(), "cost": model(c.to(device)).item()}
+
     return Task(
-        name="quadratic", model=Quadratic(), train_data=data, val_data=data, loss=_cost,
+        name="quadratic", model=Quadratic(), train_data=data, val_data=data, loss=_cost, show=show,
         defaults={"lr": 0.01, "momentum": 0.0, "batch_size": 1},
     )
 
 
-BUILTINS: dict[str, Callable[..., Task]] = dict(zip(BUILTIN_TASKS, (spirals, digits, quadratic), strict=True))
+# --- charlm: a character-level GPT on the stdlib's source (trainer/charlm.py) ----------------
+
+CHARLM_DEFAULT = "small"
+CHARLM_SIZES = {  # size -> (model, defaults beyond CHARLM_DEFAULTS); small: ~27 steps/s on 2 CPU cores
+    "tiny": (charlm.GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32), {"batch_size": 32}),
+    "small": (charlm.GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=64), {"batch_size": 32}),
+    "medium": (charlm.GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256), {"lr": 1e-3, "batch_size": 64}),
+    "large": (charlm.GPTConfig(n_layer=8, n_head=8, n_embd=512, block_size=256), {"lr": 6e-4, "batch_size": 64}),
+}
+CHARLM_DEFAULTS = {"lr": 3e-3, "momentum": 0.9, "weight_decay": 0.1, "grad_clip": 1.0, "warmup": 100}
+
+
+def charlm_task(size: str = CHARLM_DEFAULT, seed: int = 0) -> Task:
+    if size not in CHARLM_SIZES:
+        raise TaskError(f"charlm: unknown size {size!r}; sizes are {', '.join(CHARLM_SIZES)}")
+    cfg, defaults = CHARLM_SIZES[size]
+    train, val = charlm.datasets(cfg.block_size)
+    torch.manual_seed(seed)
+    return Task(
+        name="charlm" if size == CHARLM_DEFAULT else f"charlm-{size}", model=charlm.GPT(cfg),
+        train_data=train, val_data=val, loss=charlm.loss, metrics={"char_acc": charlm.char_acc},
+        defaults={**CHARLM_DEFAULTS, **defaults}, show=lambda model, device: {"sample": charlm.sample(model, device)},
+    )
+
+
+BUILTINS: dict[str, Callable[..., Task]] = dict(zip(BUILTIN_TASKS, (spirals, digits, quadratic, charlm_task),
+                                                   strict=True))
 
 
 def _parse_builtin(spec: str) -> tuple[str, dict]:
-    # "spirals" or "spirals:5" (number of classes)
+    # "spirals" or "spirals:5" (number of classes); "charlm" or "charlm:medium" (model size)
     name, _, arg = spec.partition(":")
     kw = {}
     if name == "spirals" and arg:
         if not arg.isdigit():
             raise TaskError(f"spirals: the class count must be an integer, got {arg!r}")
         kw["classes"] = int(arg)
+    if name == "charlm" and arg:
+        kw["size"] = arg
     return name, kw
 
 
