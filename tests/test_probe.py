@@ -202,3 +202,14 @@ def test_a_side_run_that_crashes_ends_the_probe_and_puts_the_run_back(make):
     assert t.status().state == "ready" and t.step == 0 and t.status().probe is None
     assert_same_state(t._capture(), before)
     run_to(t, 5)  # and it trains on
+
+
+def test_adopting_a_much_larger_lr_is_not_undone_by_the_sentinel(make):
+    """charlm at lr 3e-4, then the probe's winner lr 2e-3 (x6.6): AdamW's next gradient norms are
+    9 sigma above the old window. Judged against it, ten skipped steps rolled the adopted lr back
+    to 1.5e-4; a hyperparameter change now starts the gradient window afresh."""
+    t = make("adopt-big", {"lr": 3e-4}, task="charlm", optimizer="adamw", eval_every=0)
+    run_to(t, 400)
+    assert t.set_hparams(lr=0.00198).wait().ok
+    run_to(t, 440)
+    assert not t.reader().events(kinds=("skip_step", "rollback")) and t.branch == 0 and t.hp.lr == 0.00198

@@ -81,9 +81,11 @@ def test_a_deliberate_lr_raise_is_no_update_anomaly_but_a_blowup_after_it_is_sti
         s.accept_step(1.0 + 0.01 * (i % 7), 0.5)
         assert s.check_update(i, 1e-3 * (1 + 0.01 * (i % 5))) is None
     assert s.check_update(100, 1e-1).kind == "update"  # 100x the ratio out of the blue
+    assert s.check_step(100, 1.0, 20.0).kind == "spike"  # and 40x the gradient norm
     s.human_acted(hparams_changed=True)  # the user raised the lr 100x
     assert s.check_update(101, 1e-1) is None
-    assert s.check_step(102, 5e3, 0.5).kind == "spike"  # the loss window survived the change
+    assert s.check_step(101, 1.0, 20.0) is None  # a larger lr may well mean larger gradients
+    assert s.check_step(102, 5e3, 20.0).kind == "spike"  # the loss window survived the change
 
 
 def test_a_sustained_explosion_is_caught_after_a_full_window_and_not_before():

@@ -143,11 +143,13 @@ class Sentinel:
         self.window, self.threshold = window, threshold
 
     def human_acted(self, hparams_changed: bool) -> None:
-        """A person changed the run. The update ratio scales with the lr, so new hyperparameters start
-        its window afresh (a deliberate lr raise is no anomaly); the loss and gradient windows stay,
-        so a change that blows the run up is still caught at once."""
+        """A person changed the run. The update ratio scales with the lr, and the gradient norm moves
+        with it (AdamW on charlm: lr x6.6 put the next gradients 9 sigma above the old window, and
+        skipping them rolled the adopted lr back), so new hyperparameters start both windows afresh;
+        the loss window stays, so a change that blows the run up is still caught at once."""
         if hparams_changed:
             self.w["update_ratio"] = Window(self.window)
+            self.w["grad_norm"] = Window(self.window)
         self.rollbacks = 0
 
     def episode(self, step: int) -> int:
