@@ -325,15 +325,15 @@ def lr_find_figure(lrs: list[float], losses: list[float], smooth: list[float], r
         v = result.get(name)
         if v is not None:  # a shape on a log axis takes the value itself (its range takes log10)
             fig.add_vline(x=v, line={"color": color, "dash": "dash", "width": 1.5},
-                          annotation={"text": f"{label}: {v:.3g}", "font": {"size": 11, "color": color}},
-                          annotation_position="top left" if name == "steepest" else "top right")
+                          annotation={"text": f"{label}<br>{v:.3g}", "font": {"size": 11, "color": color}},
+                          annotation_position="bottom right" if name == "steepest" else "top left")
     ok = [v for v in smooth if math.isfinite(v)]
     yaxis: dict[str, Any] = {"title": "loss"}
     if ok:  # up to the stop threshold: what lies above it is the blow-up
         lo = min(ok)
         top = min(max(ok), DIVERGE_FACTOR * lo) if lo > 0 else max(ok)
         yaxis["range"] = [lo - 0.05 * (top - lo), top + 0.05 * (top - lo)]
-    xaxis = {"type": "log", "title": "learning rate (log scale)"}
+    xaxis = {"type": "log", "title": "learning rate (log scale)", "exponentformat": "power"}
     if lrs:
         xaxis["range"] = [math.log10(min(lrs)), math.log10(max(lrs))]
     fig.update_layout(template=TEMPLATE, height=height, margin={"l": 50, "r": 10, "t": 30, "b": 40},

@@ -213,3 +213,12 @@ def test_adopting_a_much_larger_lr_is_not_undone_by_the_sentinel(make):
     assert t.set_hparams(lr=0.00198).wait().ok
     run_to(t, 440)
     assert not t.reader().events(kinds=("skip_step", "rollback")) and t.branch == 0 and t.hp.lr == 0.00198
+
+
+def test_a_flat_range_test_suggests_nothing():
+    lrs = [probe.range_lr(i, 100, 1e-7, 10) for i in range(100)]
+    flat = [2.4 + 0.05 * ((i * 7) % 5) / 5 for i in range(80)] + [2.4 * 1.1 ** k for k in range(20)]
+    assert probe.suggestions(lrs, flat) == {"steepest": None, "min_div10": None}
+    falls = [2.4 - 1.5 * i / 60 for i in range(60)] + [0.9 * 1.2 ** k for k in range(40)]
+    s = probe.suggestions(lrs, falls)
+    assert s["steepest"] is not None and s["min_div10"] == pytest.approx(lrs[59] / 10, rel=0.5)

@@ -1020,6 +1020,10 @@ class Trainer(Controls):
             msg = (f"probe of {len(p.settings)} settings x {p.steps} steps from step {p.start_step}: best lr "
                    f"{best['lr']:.3g}" + (f", momentum {best['momentum']:.4g}" if "momentum" in best else "")
                    + f" (score {best['score']:.4g})")
+        elif p.results[0]["min_div10"] is None:
+            msg = (f"LR range test from step {p.start_step}: the loss did not fall by {probe.MIN_DROP:.0%} anywhere "
+                   f"from lr {p.lr_range[0]:.3g} to {p.lr_range[1]:.3g}, so it suggests nothing (on a trained "
+                   "model it can only rise: run it near the start, or probe around the current lr)")
         else:
             r = p.results[0]
             msg = (f"LR range test from step {p.start_step}: steepest descent at lr {_fmt3(r['steepest'])}, "

@@ -17,6 +17,7 @@ MAX_SAMPLES, MAX_STEPS = 64, 100_000
 LR_LIMITS = (1e-12, 1e6)
 DIVERGE_FACTOR = 4.0  # the range test stops once the smoothed loss exceeds this many times its minimum
 SMOOTH = 0.98  # the range test's EMA of the loss (fastai's), bias-corrected
+MIN_DROP = 0.1  # a range test suggests nothing unless its loss fell by this fraction somewhere
 
 
 class ProbeError(ValueError):
@@ -147,13 +148,16 @@ def diverged(losses: list[float], steps: int) -> bool:
 
 def suggestions(lrs: list[float], losses: list[float]) -> dict[str, float | None]:
     """fastai's two: the lr where the smoothed loss falls fastest (per decade of lr) on the way down
-    to its minimum, and the lr of that minimum divided by 10. None where the curve has no such point
-    (a trained model's loss may only rise)."""
+    to its minimum, and the lr of that minimum divided by 10. None where the curve has no such point:
+    the loss never falls MIN_DROP below where it started (a trained model's curve is flat, then rises,
+    and its minimum is noise)."""
     pts = [(lr, v) for lr, v in zip(lrs, centred(losses)) if math.isfinite(v)]
     if len(pts) < 3:
         return {"steepest": None, "min_div10": None}
     lo = min(range(len(pts)), key=lambda i: pts[i][1])
     skip = max(1, len(pts) // 20)  # the edge points' averages rest on fewer losses
+    if pts[lo][1] > (1 - MIN_DROP) * pts[min(skip, lo)][1]:
+        return {"steepest": None, "min_div10": None}
     slopes = {i: (pts[i + 1][1] - pts[i][1]) / (math.log10(pts[i + 1][0]) - math.log10(pts[i][0]))
               for i in range(skip, lo)}
     steep = min(slopes, key=slopes.get) if slopes else None
