@@ -323,10 +323,12 @@ def lr_find_figure(lrs: list[float], losses: list[float], smooth: list[float], r
     fig.add_trace(go.Scatter(x=lrs, y=_f32(smooth), mode="lines", line={"color": BLUE, "width": 2.5}, name="smoothed"))
     for name, label, color in (("steepest", "steepest descent", GREEN), ("min_div10", "minimum / 10", ORANGE)):
         v = result.get(name)
-        if v is not None:  # a shape on a log axis takes the value itself (its range takes log10)
-            fig.add_vline(x=v, line={"color": color, "dash": "dash", "width": 1.5},
-                          annotation={"text": f"{label}<br>{v:.3g}", "font": {"size": 11, "color": color}},
-                          annotation_position="bottom right" if name == "steepest" else "top left")
+        if v is not None:  # on a log axis a shape takes the value itself, an annotation its log10
+            fig.add_vline(x=v, line={"color": color, "dash": "dash", "width": 1.5})
+            fig.add_annotation(x=math.log10(v), y=1 if name == "min_div10" else 0.02, yref="paper",
+                               text=f"{label}<br>{v:.3g}", showarrow=False, font={"size": 11, "color": color},
+                               xanchor="left" if name == "min_div10" else "right",
+                               yanchor="top" if name == "min_div10" else "bottom", align="left")
     ok = [v for v in smooth if math.isfinite(v)]
     yaxis: dict[str, Any] = {"title": "loss"}
     if ok:  # up to the stop threshold: what lies above it is the blow-up

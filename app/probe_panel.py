@@ -164,9 +164,10 @@ def _lr_find_result() -> None:
                     config={"displayModeBar": False})
     st.caption(d["message"] + (" · stopped early: the loss passed 4x its minimum" if r.get("stopped_early") else ""))
     a, b = st.columns(2)
-    for col, name, what in ((a, "steepest", "steepest descent"), (b, "min_div10", "minimum / 10")):
+    for col, name, what in ((a, "steepest", "steepest"), (b, "min_div10", "min / 10")):
         v = r.get(name)
-        col.button(f"Use {what}: lr {fmt(v, '.3g')}", key=f"btn_use_{name}", on_click=_use_lr, args=(v,),
+        col.button(f"lr {fmt(v, '.3g')} ({what})", key=f"btn_use_{name}", on_click=_use_lr, args=(v,),
+                   help="set it as the run's lr: a normal, recorded change",
                    disabled=v is None or not math.isfinite(v) or "set_hparams" not in status().accepts,
                    width="stretch")
 

@@ -74,7 +74,8 @@ def evaluation_s(task) -> tuple[float, float]:
     """(seconds of the engine's evaluation pass, seconds of show()), in eval mode."""
     model, cpu = task.model.eval(), torch.device("cpu")
     t0 = time.perf_counter()
-    for ds, limit in ((task.val_data, None), (task.train_data, 2048)):  # as Trainer._evaluate reads them
+    most = min(2048, len(task.val_data))
+    for ds, limit in ((task.val_data, None), (task.train_data, most)):  # as Trainer._evaluate reads them
         for x, y in all_batches(ds, 512, cpu, limit):
             out = model(x)
             for fn in (task.loss, *task.metrics.values()):
@@ -117,7 +118,7 @@ def main() -> None:
     for k, v in rates.items():
         print(f"{k:8s} {med[k]:6.1f} steps/s   chunks: " + " ".join(f"{r:.1f}" for r in v))
     ev, show = min(evaluation_s(bare.task), evaluation_s(bare.task))  # the first may still fault in memory
-    print(f"one evaluation: {ev:.2f} s (val set + 2048 train windows) + {show:.2f} s show() "
+    print(f"one evaluation: {ev:.2f} s (the val set and as many train windows) + {show:.2f} s show() "
           f"= the time of {(ev + show) * med['trainer']:.0f} training steps")
     print(f"summary: {a.task} trainer {med['trainer']:.1f} steps/s, bare loop {med['bare']:.1f} steps/s, "
           f"trainer/bare {ratio:.3f} (median of {a.pairs} pairs); an evaluation costs "
