@@ -222,3 +222,24 @@ def test_a_flat_range_test_suggests_nothing():
     falls = [2.4 - 1.5 * i / 60 for i in range(60)] + [0.9 * 1.2 ** k for k in range(40)]
     s = probe.suggestions(lrs, falls)
     assert s["steepest"] is not None and s["min_div10"] == pytest.approx(lrs[59] / 10, rel=0.5)
+
+
+def test_exports_hold_the_side_runs_apart_from_the_main_lineage(make, tmp_path):
+    import csv
+
+    from trainer import cli
+
+    t = make("export", eval_every=0)
+    run_to(t, 20)
+    assert t.probe(samples=2, steps=7).wait().ok and t.wait(60)
+    assert t.lr_find(steps=10).wait().ok and t.wait(60)
+    out = tmp_path / "m.csv"
+    assert cli.main(["export", "--run-dir", str(t.run_dir), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    main = [r for r in rows if r["run"] == "main"]
+    assert [int(r["step"]) for r in main] == list(range(1, 21)) and {r["branch"] for r in main} == {"0"}
+    side = {b: [int(r["step"]) for r in rows if r["branch"] == str(b)] for b in (1, 2)}
+    assert side == {1: list(range(21, 28)), 2: list(range(21, 28))}
+    assert {r["run"] for r in rows if r["branch"] in ("1", "2")} == {"probe"}
+    assert [r["val_loss"] != "" for r in rows if r["branch"] == "1"] == [False] * 6 + [True]  # its end
+    assert {r["run"] for r in rows if r["branch"] == "3"} == {"lr_find"}

@@ -248,17 +248,25 @@ class Reader:
         stride = every * max(1, -(-n["n"] // max_steps))
         return self._lineage_rows("layers", branch, 0, stride)
 
-    def export_rows(self, branch: int) -> list[dict]:
-        """The lineage's per-step metrics with each step's evaluation beside it (CSV/parquet export)."""
+    def export_rows(self, branch: int, side_runs: bool = True) -> list[dict]:
+        """The lineage's per-step metrics with each step's evaluation beside it (CSV/parquet export),
+        `run` "main"; then, with side_runs, each probe's and range test's side runs forked from the
+        lineage, their own steps only, `run` "probe" or "lr_find" (their branch tells them apart)."""
+        lineage = self.lineage(branch)
+        side = [b for b in self.branches() if side_runs and b["reason"] in ("probe", "lr_find")
+                and self.on_lineage(b["parent"], b["fork_step"], lineage)]
+        side_evals = {b["id"]: self.query("SELECT * FROM evals WHERE branch = ?", (b["id"],)) for b in side}
         evals = self.evals(branch)
-        names = [k for k in dict.fromkeys(k for e in evals for k in e)
+        for e in (e for rows in side_evals.values() for e in rows):
+            e.update(json.loads(e.pop("extra") or "{}"))
+        names = [k for k in dict.fromkeys(k for e in [*evals, *sum(side_evals.values(), [])] for k in e)
                  if k not in ("branch", "step", "epoch", "wall", "train_loss")]
-        by_step = {e["step"]: e for e in evals}
-        rows = self.metrics(branch)
-        for r in rows:
-            e = by_step.get(r["step"], {})
-            r.update({k: e.get(k) for k in names})
-        return rows
+        out = []
+        for run, rows, ends in [("main", self.metrics(branch), evals),
+                                *((b["reason"], self.branch_metrics(b["id"]), side_evals[b["id"]]) for b in side)]:
+            by_step = {e["step"]: e for e in ends}
+            out += [{**r, "run": run, **{k: by_step.get(r["step"], {}).get(k) for k in names}} for r in rows]
+        return out
 
     def branch_metrics(self, branch: int, max_points: int | None = None) -> list[dict]:
         """A branch's own rows (after its fork), e.g. an abandoned path drawn faded."""
