@@ -360,3 +360,28 @@ def test_the_anomalies_tab_lists_each_anomaly_with_recover_and_sets_the_policy_l
     at.button(key="rec_list_37_go").click().run()
     s = t.status()
     assert not at.exception and s.step == 20 and s.branch == 1 and s.hparams.lr == 0.025
+
+
+def test_quadratic_shows_w_and_its_cost_live_and_the_probe_tab_its_result(app, tmp_path):
+    at = app(task="quadratic", run_dir=str(tmp_path / "runs" / "quad"))
+    t = shown(at)
+    run_to(t, 300)
+    at.run()
+    assert not at.exception
+    ev = t.status().eval
+    w = next(m for m in at.metric if m.label.startswith("w (step"))
+    cost = next(m for m in at.metric if m.label.startswith("cost (step"))
+    assert float(w.value) == pytest.approx(ev["w"], rel=1e-5) and 4.5 < ev["w"] < 5.0  # on its way to 5
+    assert float(cost.value) == pytest.approx((ev["w"] - 5) ** 2, rel=1e-3, abs=1e-9) and ev["cost"] >= 0
+    assert t.probe(samples=3, steps=20, lr_range=[0.001, 0.1]).wait().ok
+    deadline = time.monotonic() + 60
+    while not t.reader().events(kinds=("probe",)):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    at.run()
+    table = next(d.value for d in at.dataframe if "rank" in d.value.columns)
+    assert not at.exception and list(table["rank"]) == [1, 2, 3]
+    assert any(c.value.startswith("probe of 3 settings x 20 steps from step 300") for c in at.caption)
+    at.button(key="btn_adopt").click().run()
+    best = t.reader().events(kinds=("probe",))[-1]["data"]["results"][0]
+    assert t.status().hparams.lr == float(f"{best['lr']:.4g}")
