@@ -243,3 +243,31 @@ def test_exports_hold_the_side_runs_apart_from_the_main_lineage(make, tmp_path):
     assert {r["run"] for r in rows if r["branch"] in ("1", "2")} == {"probe"}
     assert [r["val_loss"] != "" for r in rows if r["branch"] == "1"] == [False] * 6 + [True]  # its end
     assert {r["run"] for r in rows if r["branch"] == "3"} == {"lr_find"}
+
+
+def test_a_served_process_does_not_end_under_a_probe_begun_as_its_run_came_to_rest():
+    """The CLI's progress loop serves a run until it ends. A probe that starts (or ends) just as
+    wait() sees the run at rest left the next status read at "probing": not a state to wait in, so
+    the process ended under the probe (the engine sets the state a journal flush before it publishes
+    the Status). The state read after the wait decides now."""
+    import types
+
+    from trainer import cli
+
+    class Racing:
+        def __init__(self):
+            self.states = ["probing"] * 3 + ["done"] * 3 + ["stopped"]
+            self.reads = 0
+
+        def wait(self, timeout):
+            return True  # at rest, as wait() saw it
+
+        def status(self):
+            self.reads += 1
+            state = self.states[min(self.reads // 2, len(self.states) - 1)]  # show() and the loop read
+            return types.SimpleNamespace(state=state, step=50, max_steps=50, loss=0.1, error=None,
+                                         run=types.SimpleNamespace(run_dir="racing"))
+
+    t = Racing()
+    assert cli._progress(t, keep_serving=True) is None
+    assert t.reads >= 2 * 6  # it stayed through the probe and the wait at "done", and ended at "stopped"

@@ -215,7 +215,11 @@ def _progress(t, keep_serving: bool = False) -> str | None:
         while not quit_.is_set():
             ended = t.wait(0.25)
             show()
+            # A command (start, probe) may have set the run going again since wait() saw it at rest:
+            # the state read after it decides, so the process never ends under a probe it just began.
             state = t.status().state
+            if state in ("running", "probing"):
+                continue
             if ended and state not in waiting:
                 break
             if state in waiting:

@@ -335,13 +335,7 @@ class Trainer(Controls):
             finally:
                 if due:
                     ins.disarm()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grads = [p.grad for p in self.params if p.grad is not None]
-            # get_total_norm's own checks cost more than the norm on small models; this is its core
-            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-            if hp.grad_clip:
-                torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
+            gnorm = self._backward(loss, hp.grad_clip)
             loss, gnorm = self._guard(loss.detach(), gnorm.detach())
             anomaly = None if self.sync_free else self.sentinel.judge(self.step + 1, loss, gnorm)
         except BaseException:  # undo the half step: same batch next time, buffers as they were
@@ -390,6 +384,18 @@ class Trainer(Controls):
             if self.step % HEALTH_EVERY and self._check_health():  # a checkpoint must be sound: look first
                 return
             self._checkpoint("auto")
+
+    def _backward(self, loss: torch.Tensor, clip: float) -> torch.Tensor:
+        """Gradients of `loss`, their total norm before clipping, then clipping to `clip` (0: none).
+        Training steps and a probe's side runs share it: the same math, bit for bit."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # get_total_norm's own checks cost more than the norm on small models; this is its core
+        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        if clip:
+            torch.nn.utils.clip_grads_with_norm_(self.params, clip, gnorm)
+        return gnorm
 
     def _undo_forward(self) -> None:
         if self._buffers:
@@ -907,6 +913,8 @@ class Trainer(Controls):
 
     def _begin_probe(self, kind: str, settings: list[dict], steps: int, lrs: tuple, moms: tuple | None) -> Result:
         self._readback()
+        if self.state == "error":  # the read-back judged a step (CUDA) and stopped the run: no probe from there
+            return Result(False, self.step, f"{kind}: not possible: {self.error}")
         self.journal.flush()
         self._publish()
         self._main_status = self._status
@@ -955,12 +963,7 @@ class Trainer(Controls):
         t0 = time.perf_counter()
         (x, y), _ = self.batches.next(hp.batch_size)
         loss = self.task.loss(self.model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grads = [p.grad for p in self.params if p.grad is not None]
-        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
-        if hp.grad_clip:
-            torch.nn.utils.clip_grads_with_norm_(self.params, hp.grad_clip, gnorm)
+        gnorm = self._backward(loss, hp.grad_clip)
         lv, gv = loss.item(), gnorm.item()
         if not (math.isfinite(lv) and math.isfinite(gv)):
             opt.zero_grad(set_to_none=True)
