@@ -567,17 +567,8 @@ class Trainer(Controls):
             # an evaluation of charlm that costs seconds less
             most = min(2048, len(self.task.val_data)) if self.task.val_data is not None else 2048
             for prefix, ds, limit in (("val", self.task.val_data, None), ("train", self.task.train_data, most)):
-                if ds is None:
-                    continue
-                tot, sums = 0, collections.defaultdict(float)
-                for x, y in all_batches(ds, 512, self.device, limit):
-                    o = self.model(x)
-                    n = len(y)
-                    tot += n
-                    sums["loss"] += float(self.task.loss(o, y)) * n
-                    for name, fn in self.task.metrics.items():
-                        sums[name] += float(fn(o, y)) * n
-                out.update({f"{prefix}_{k}": v / tot for k, v in sums.items()})
+                if ds is not None:
+                    out.update({f"{prefix}_{k}": v for k, v in self._means(ds, limit, self.task.metrics).items()})
             if self.task.grid is not None:
                 g = self.task.grid(self.model, self.device)
                 self._grid = Grid(self.step, tuple(g["axis"]), frozen_array(g["probs"]))
@@ -1050,13 +1041,21 @@ class Trainer(Controls):
         was = self.model.training
         self.model.eval()
         try:
-            tot, total = 0, 0.0
-            for x, y in all_batches(self.task.val_data, 512, self.device):
-                total += float(self.task.loss(self.model(x), y)) * len(y)
-                tot += len(y)
+            return self._means(self.task.val_data, None, {})["loss"]
         finally:
             self.model.train(was)
-        return total / tot
+
+    def _means(self, ds, limit: int | None, metrics: dict) -> dict[str, float]:
+        """The loss and these metrics over ds (its first `limit` items), per item; the caller sets eval mode."""
+        tot, sums = 0, collections.defaultdict(float)
+        for x, y in all_batches(ds, 512, self.device, limit):
+            o = self.model(x)
+            n = len(y)
+            tot += n
+            sums["loss"] += float(self.task.loss(o, y)) * n
+            for name, fn in metrics.items():
+                sums[name] += float(fn(o, y)) * n
+        return {k: v / tot for k, v in sums.items()}
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _capture(self) -> dict:
