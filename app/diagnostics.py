@@ -58,6 +58,15 @@ def update_figure(series: dict, revision: str = "") -> go.Figure:
     return _layout(fig, "Update ratio ‖Δθ‖ / ‖θ‖", log_y=True, revision=revision)
 
 
+def scale_figure(series: dict, revision: str = "") -> go.Figure:
+    """fp16's loss scale (bucket min, so a drop shows): halved at each overflow, doubled after a calm stretch."""
+    y = np.asarray(series["loss_scale"], dtype=np.float64)
+    has = np.isfinite(y)
+    fig = go.Figure(go.Scatter(x=_steps(series["step"][has]), y=y[has].astype(np.float32), mode="lines",
+                               line={"color": BLUE, "width": 1.5, "shape": "hv"}, name="loss scale"))
+    return _layout(fig, "Loss scale (fp16)", log_y=True, revision=revision)
+
+
 def heatmap_figure(rows: list[dict], revision: str = "") -> go.Figure:
     """Parameter layers × instrument steps, coloured by log10(update/weight): neutral at 1e-3."""
     params = [r for r in rows if r["idx"] >= 0 and r["update_ratio"] is not None]
@@ -195,6 +204,14 @@ def diagnostics_view() -> None:
         _chart(update_figure(series, rev), "diag_update")
     if series["width"] > 1:
         st.caption(f"Each point is the max over {series['width']} steps.")
+    if np.isfinite(np.asarray(series.get("loss_scale", ()), dtype=np.float64)).any():
+        left, right = st.columns(2)
+        with left:
+            _chart(scale_figure(series, rev), "diag_scale")
+        with right:
+            st.caption(f"fp16 loss scaling: the scaler halves the scale when gradients overflow and skips that "
+                       f"step ({s.overflows:,} so far), and doubles it after 2,000 calm steps. The sentinel "
+                       "judges only the steps it applies; a falling scale with a rising loss is a real divergence.")
 
     rows = r.layer_rows(s.branch)
     if any(row["idx"] >= 0 and row["update_ratio"] is not None for row in rows):

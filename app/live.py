@@ -63,6 +63,19 @@ def metrics_row(s: Status, smoothed_loss: float | None) -> None:
         name = s.run.metrics[0]
         cols[6].metric(f"Val {figures.metric_title(name)}", fmt(ev.get(f"val_{name}"), figures.metric_format(name)))
     cols[7].metric("ETA", _eta(s))
+    if s.run.precision != "fp32" or s.run.compiled:
+        st.caption(engine_line(s))
+
+
+def engine_line(s: Status) -> str:
+    """Precision, the fp16 loss scale and its skipped steps, the compile time: what changes the math or the speed."""
+    parts = [f"precision **{s.run.precision}**"]
+    if s.run.precision == "fp16":
+        parts.append(f"loss scale **{fmt(s.loss_scale, ',.0f')}**")
+        parts.append(f"**{s.overflows:,}** step{'s' if s.overflows != 1 else ''} skipped by the scaler (overflow)")
+    if s.run.compiled:
+        parts.append(f"torch.compile: **{s.compile_s:.1f} s** compiling" if s.compile_s else "torch.compile: not yet compiled")
+    return " · ".join(parts)
 
 
 def live_header() -> None:

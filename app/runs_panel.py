@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from trainer import RunConfig
-from trainer.config import BUILTIN_TASKS, OPTIMIZERS, TASK_HELP, task_config
+from trainer.config import BUILTIN_TASKS, OPTIMIZERS, PRECISIONS, TASK_HELP, task_config
 
 from . import runtime
 from .common import as_int, show_run, status, trainer
@@ -26,7 +26,8 @@ def _new_run() -> None:
         name = (ss.get("new_name") or "").strip() or runtime.default_name(task or "run")
         cfg = RunConfig(**{**task_config(task), "task": task, "run_dir": str(runtime.run_dir_for(name)),
                            "optimizer": ss["new_optimizer"], "seed": as_int(ss.get("new_seed") or 0.0),
-                           "max_steps": as_int(ss.get("new_max_steps") or 0.0)})
+                           "max_steps": as_int(ss.get("new_max_steps") or 0.0),
+                           "precision": ss.get("new_precision") or "fp32", "compile": bool(ss.get("new_compile"))})
         if (Path(cfg.run_dir) / "journal.sqlite").exists():
             raise ValueError(f"a run named {name!r} exists already: open it, or choose another name")
         paused = _pause_current()
@@ -92,7 +93,13 @@ def runs_panel() -> None:
             st.text_input("Plugin", key="new_custom", placeholder="my_tasks.py:make_task")
         if ss.get("new_task") == "spirals":
             st.slider("Classes", 3, 6, 3, key="new_classes")
-        st.selectbox("Optimizer", OPTIMIZERS, key="new_optimizer")
+        a, b = st.columns(2)
+        a.selectbox("Optimizer", OPTIMIZERS, key="new_optimizer")
+        b.selectbox("Precision", PRECISIONS, key="new_precision",
+                    help="bf16 and fp16 run forward passes under autocast; fp16 adds loss scaling (its scale "
+                         "is plotted in Diagnostics and checkpointed)")
+        st.checkbox("torch.compile the model", key="new_compile",
+                    help="Faster steps on a GPU after a compile of tens of seconds (shown in the live view)")
         a, b = st.columns(2)
         a.number_input("Initial learning rate", key="new_lr", value=None, format="%.6g", placeholder="task default")
         b.number_input("Initial momentum", key="new_momentum", value=None, format="%.4g", placeholder="task default")

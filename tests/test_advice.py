@@ -104,7 +104,7 @@ def test_a_journal_from_before_the_instruments_reads_without_them(tmp_path):
     from trainer import Reader
     from trainer.journal import SCHEMA
 
-    old = SCHEMA.replace(" update_ratio REAL,", "")
+    old = SCHEMA.replace(" update_ratio REAL, loss_scale REAL,", "")
     old = old[:old.index("CREATE TABLE IF NOT EXISTS layers")] + old[old.index("CREATE TABLE IF NOT EXISTS checkpoints"):]
     con = sqlite3.connect(tmp_path / "journal.sqlite")
     con.executescript(old)
@@ -116,5 +116,6 @@ def test_a_journal_from_before_the_instruments_reads_without_them(tmp_path):
     r = Reader(tmp_path)
     s = r.series(0, budget=100)
     assert len(s["step"]) <= 101 and np.isnan(s["update_ratio"]).all() and s["grad_norm"][0] == 1.0
+    assert np.isnan(s["loss_scale"]).all()
     assert r.layer_rows(0) == [] and [a.rule for a in advise(r, 0, classes=10)] == ["init-loss"]
     assert summary(r, 0)["step"] == 300

@@ -153,3 +153,20 @@ def test_a_misbehaving_plugin_is_one_line(tmp_path, fn):
 
 def test_a_non_task_callable_is_refused_not_called(tmp_path):
     _one_line(cli("run", "--task", "os:abort", "--run-dir", tmp_path / "p"), "os:abort")
+
+
+def test_the_engine_runs_where_only_torch_is_installed(tmp_path):
+    """A GPU box may have torch and nothing of ours: without tqdm (or streamlit) `run` trains all
+    the same, with no progress bar."""
+    import os
+
+    hide = tmp_path / "hide"
+    for name in ("tqdm", "streamlit", "plotly"):
+        (hide / name).mkdir(parents=True)
+        (hide / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    env = {**os.environ, "PYTHONPATH": str(hide)}
+    r = subprocess.run([sys.executable, "-m", "trainer", "run", "--task", "quadratic", "--run-dir", tmp_path / "r",
+                        "--max-steps", "50"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(cli("checkpoints", "--run-dir", tmp_path / "r", "--json").stdout)
+    assert rows[-1]["step"] == 50

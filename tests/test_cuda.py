@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_same_state, run_to
+from conftest import PLUGINS, assert_same_state, run_to
 from trainer.engine import READBACK_S
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -25,10 +25,13 @@ def syncs(fn) -> Counter:
     return Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
 
 
-def test_training_syncs_only_at_read_backs_and_epoch_ends(make):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_syncs_only_at_read_backs_and_epoch_ends(make, precision):
     """At most one device-to-host sync per read-back (every log_every steps, or READBACK_S seconds),
-    plus epoch-boundary work; copying a checkpoint's state to the CPU is the only other sync."""
-    t = make("sync", task="spirals", device="cuda", ckpt_every=0, eval_every=0, eval_at_epoch_end=False)
+    plus epoch-boundary work; copying a checkpoint's state to the CPU is the only other sync. Under
+    fp16 the GradScaler's step and update stay on the device too (fused optimizer)."""
+    t = make("sync", task="spirals", device="cuda", ckpt_every=0, eval_every=0, eval_at_epoch_end=False,
+             precision=precision)
     run_to(t, 20)  # data on the device, kernels warmed up
     steps, t0 = 200, time.monotonic()
     seen = syncs(lambda: run_to(t, 20 + steps))
@@ -39,15 +42,28 @@ def test_training_syncs_only_at_read_backs_and_epoch_ends(make):
     assert sum(training.values()) <= most, (training, most)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
-def test_rollback_on_cuda_is_bit_exact(make, opt):
-    straight = make("straight", task="spirals", optimizer=opt, device="cuda", ckpt_every=0)
+def test_rollback_on_cuda_is_bit_exact(make, opt, precision):
+    straight = make("straight", task="spirals", optimizer=opt, device="cuda", ckpt_every=0, precision=precision)
     run_to(straight, 40)
     expected = straight._capture()
-    t = make("rolled", task="spirals", optimizer=opt, device="cuda", ckpt_every=0)
+    t = make("rolled", task="spirals", optimizer=opt, device="cuda", ckpt_every=0, precision=precision)
     run_to(t, 20)
     cid = t.save_checkpoint().wait().value
     run_to(t, 35)
     assert t.restore(cid).wait().ok
     run_to(t, 40)
     assert_same_state(t._capture(), expected)
+    if precision == "fp16":
+        assert t._capture()["scaler"] == expected["scaler"]
+
+
+def test_fp16_overflows_on_cuda_are_skipped_on_the_device_and_counted_at_the_read_back(make):
+    t = make("loud", task=f"{PLUGINS / 'loud.py'}:make", device="cuda", precision="fp16", ckpt_every=0,
+             eval_every=0, eval_at_epoch_end=False)
+    run_to(t, 60)
+    rows = t.journal.metrics(0)
+    scales = [r["loss_scale"] for r in rows]
+    assert scales[0] == 65536.0 and t.status().overflows > 0 and t.skipped == 0
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())

@@ -38,3 +38,18 @@ def test_a_run_held_but_not_served_is_explained(app, tmp_path):
         assert runtime.run_state(d) == "live" and len(trainer_processes()) == 1  # the held run untouched
     finally:
         lock.release()
+
+
+def test_a_new_fp16_run_from_the_form_shows_its_loss_scale(app):
+    """The New-run form's precision reaches the trainer process; the live view says it runs fp16 with
+    its loss scale and the steps the scaler skipped."""
+    at = app()
+    at.selectbox(key="new_task").set_value("quadratic").run()
+    at.selectbox(key="new_precision").set_value("fp16").run()
+    at.text_input(key="new_name").input("half")
+    at.button(key="btn_new_run").click().run()
+    assert not at.exception and not errors(at)
+    s = shown(at).status()
+    assert s.run.run_dir.endswith("half") and s.run.precision == "fp16"
+    assert shown(at).reader().meta()["config"]["precision"] == "fp16"
+    assert any("precision **fp16**" in c.value and "loss scale" in c.value for c in at.caption)

@@ -1,5 +1,5 @@
 """The journal's read API against hand-built histories."""
-from trainer.journal import Journal
+from trainer.journal import Journal, StepRow
 
 
 def rows(branch, steps):
@@ -47,3 +47,25 @@ def test_flush_survives_a_reopen(tmp_path):
     again = Journal(tmp_path / "j.sqlite")
     assert again.events()[-1]["message"] == "lr 0.1 → 0.05"
     assert len(again.metrics(2)) == 120
+
+
+def test_the_writer_adds_the_newer_step_columns_to_an_old_journal(tmp_path):
+    """A run from before the instruments and fp16: resuming it adds update_ratio and loss_scale, and
+    its old rows read them as NULL."""
+    import sqlite3
+
+    from trainer.journal import SCHEMA
+
+    old = SCHEMA.replace(" update_ratio REAL, loss_scale REAL,", "")
+    con = sqlite3.connect(tmp_path / "journal.sqlite")
+    con.executescript(old)
+    con.execute("INSERT INTO steps VALUES (0, 1, 0, 1.0, 0.1, 0.9, 0, 32, 1.0, 100.0, 0)")
+    con.commit()
+    con.close()
+    j = Journal(tmp_path / "journal.sqlite")
+    j.start_writer()
+    j.log_steps([StepRow(0, 2, 0.0, 0.5, 0.1, 0.9, 0.0, 32, 1.0, 100.0, 0.0, 1e-3, 1024.0)])
+    j.flush()
+    rows = j.metrics(0)
+    assert [(r["step"], r["update_ratio"], r["loss_scale"]) for r in rows] == [(1, None, None), (2, 1e-3, 1024.0)]
+    j.close()

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .config import OPTIMIZERS, TASK_HELP, ConfigError, RunConfig, task_config
+from .config import OPTIMIZERS, PRECISIONS, TASK_HELP, ConfigError, RunConfig, task_config
 from .sentinel import POLICIES
 from .hparams import HParamError, field_specs
 from .journal import JournalError, Reader
@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
                    help="what an anomaly (spike, NaN, explosion) does; live with `ctl sentinel` (default: skip)")
     r.add_argument("--instrument-every", type=int, default=50,
                    help="steps between per-layer instruments and activation stats, 0 = off (default: 50)")
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32, bf16 (autocast) or fp16 (autocast + loss scaling) (default: fp32)")
+    r.add_argument("--compile", action="store_true", help="torch.compile the model (its compile time is reported)")
     r.add_argument("--config", type=json.loads, default={}, metavar="JSON",
                    help="more RunConfig settings as a JSON object, e.g. '{\"keep_last\": 10}' (wins over flags)")
     _serve_args(r)
@@ -187,12 +190,31 @@ WAITING = ("ready", "paused")
 KEPT = ("done", "error")
 
 
+class _NoBar:
+    """The part of tqdm's bar that _progress uses."""
+
+    def __init__(self, total=None, initial=0, **_):
+        self.total, self.n = total, initial
+
+    def set_postfix(self, **_) -> None:
+        pass
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(t, keep_serving: bool = False) -> str | None:
     """Train until the run ends, with a progress bar (steps/s, loss) on a terminal; return its error,
     if any. A run that is ready or paused keeps its process, serving, until it is started, resumed or
     stopped (with `keep_serving`, also a finished or failed one). Ctrl-C or SIGTERM stops cleanly (final
     checkpoint)."""
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the engine needs torch alone (a GPU box with nothing else): no bar there
+        tqdm = _NoBar
 
     st = t.status()
     bar = tqdm(total=st.max_steps or None, initial=st.step, unit="step", dynamic_ncols=True, file=sys.stderr,
@@ -246,7 +268,7 @@ def _cmd_run(a) -> None:
         raise CliError("--config: give a JSON object of RunConfig settings")
     flags = dict(task=a.task, run_dir=run_dir, optimizer=a.optimizer, nesterov=a.nesterov, seed=a.seed,
                  device=a.device, max_steps=a.max_steps, ckpt_every=a.ckpt_every, eval_every=a.eval_every,
-                 sentinel=a.sentinel, instrument_every=a.instrument_every)
+                 sentinel=a.sentinel, instrument_every=a.instrument_every, precision=a.precision, compile=a.compile)
     given = {k: v for k, v in flags.items() if v is not None}
     cfg = RunConfig.from_dict({**task_config(a.task), **given, **a.config})
     run_dir = cfg.run_dir

@@ -95,7 +95,8 @@ def offline_status(run_dir: Path | str) -> Status:
                   device=info.get("device", cfg.get("device", "auto")), n_train=int(info.get("n_train", 0)),
                   ckpt_every=int(cfg.get("ckpt_every", 0)), metrics=tuple(info.get("metrics", ())),
                   has_grid=False, points=None,  # the decision-boundary picture needs the live model
-                  classes=info.get("classes"))
+                  classes=info.get("classes"), precision=cfg.get("precision", "fp32"),
+                  compiled=bool(cfg.get("compile")))
     return Status(state=state, error=error, step=row["step"] if row else 0, epoch=int(epoch),
                   epoch_progress=epoch - int(epoch), steps_per_epoch=int(info.get("steps_per_epoch", 0)),
                   branch=branch, hparams=hp, effective_lr=row["lr"] if row else hp.lr,

@@ -8,6 +8,7 @@ from typing import Any
 from .sentinel import POLICIES
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32 | bf16 under autocast | fp16 under autocast with a GradScaler
 BUILTIN_TASKS = ("spirals", "digits", "quadratic", "charlm")  # trainer/tasks.py builds them; named here without torch
 TASK_HELP = {  # one line per built-in, for the New-run form and the CLI's help
     "spirals": "2-D points on 3 interleaved spirals, a small MLP with BatchNorm (spirals:N for N = 3..6 arms)",
@@ -55,6 +56,8 @@ class RunConfig:
     ratio_every: int = 0  # steps between update-ratio measurements; 0 = auto: every step on CUDA (no sync
     #                       there), every 10th on the CPU (a per-step copy of the weights costs ~3.5 % of spirals)
     instrument_every: int = 50  # steps between per-layer instruments and activation stats; 0 = off
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast and a GradScaler, its state checkpointed)
+    compile: bool = False  # torch.compile the model for training steps; checkpoints hold the plain state_dict
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -76,8 +79,11 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo < v <= hi:
                 raise ConfigError(f"{name}: must be a number in ({lo:g}, {hi:g}], got {v!r}")
-        if not isinstance(self.instruments, bool):
-            raise ConfigError(f"instruments: must be true or false, got {self.instruments!r}")
+        for name in ("instruments", "compile", "deterministic", "eval_at_epoch_end", "nesterov"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision: must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

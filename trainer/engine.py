@@ -6,6 +6,7 @@ write side. Other threads send commands (data) and read the Status it publishes,
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -40,6 +41,8 @@ THREAD_NAME = "panda-trainer"
 READBACK_S = 0.1  # step rows reach the journal's queue at least this often (plus its flush interval)
 MAX_SHOWN = 2000  # characters of a task's shown text (a generated sample) kept per evaluation
 HEALTH_EVERY = 50  # steps between the CPU's whole-state NaN/inf check and explosion check (and before checkpoints)
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_OVERFLOWS = 40  # fp16 steps in a row the scaler may skip: 65536 / 2^40 is below fp16's smallest number
 
 
 class Diverged(RuntimeError):
@@ -116,6 +119,7 @@ class Trainer(Controls):
         self._grid: Grid | None = None
         self._pending: list[StepRow] = []  # per-step records not yet read back from the device
         self._last_loss: float | None = None
+        self._last_scale: float | None = None  # fp16: the loss scale at the last read-back
         self._sps = 0.0
         self._window = [0, 0.0]  # samples since the last read-back and when it was, for samples/s
         self._last_readback = 0.0
@@ -171,6 +175,15 @@ class Trainer(Controls):
         # Fused kernels are used on the CPU too: they are faster there as well.
         self.optimizer = build_optimizer(cfg, self.params, self.hp, fused=True)
         self.sync_free = self.device.type == "cuda" and bool(self.optimizer.defaults.get("fused"))
+        self.amp_dtype = AMP_DTYPES[cfg.precision]
+        # fp16 needs loss scaling; with a fused optimizer the scaler's step does not sync either
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.overflows = 0  # fp16 steps the scaler skipped (gradients overflowed at its scale)
+        self._overflow_streak = 0
+        self.compile_s = 0.0  # seconds the training forward spent compiling (cfg.compile)
+        # Training steps run the compiled module; evaluation, instrumented steps and checkpoints use
+        # the plain one (same parameters): no recompiles for eval mode or hooks, plain state_dict keys.
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.batches = Batches(self.task.train_data, cfg.seed, self.device)
         self.sentinel = Sentinel(cfg.sentinel_window, cfg.sentinel_sigma)
         self.instruments = (Instruments(self.model, self.params, self.device, cfg.instrument_every, cfg.ratio_every)
@@ -180,6 +193,7 @@ class Trainer(Controls):
         self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
         self.info = RunInfo(run_dir=str(self.run_dir), task=cfg.task, task_name=self.task.name,
                             optimizer=cfg.optimizer, nesterov=cfg.nesterov, device=str(self.device),
+                            precision=cfg.precision, compiled=cfg.compile,
                             n_train=self.n_train, ckpt_every=cfg.ckpt_every, metrics=tuple(self.task.metrics),
                             has_grid=self.task.grid is not None, points=_points(self.task),
                             classes=_classes(self.task, self.model, self.device))
@@ -316,7 +330,7 @@ class Trainer(Controls):
                 self._fail(f"{type(e).__name__}: {e}", traceback.format_exc(limit=-4))
 
     def _train_step(self) -> None:
-        hp, model, opt, ins = self.hp, self.model, self.optimizer, self.instruments
+        hp, model, ins = self.hp, self.model, self.instruments
         t0 = time.perf_counter()
         lr = decayed_lr(hp, self.batches.epoch - self.lr_set_epoch, self.step + 1)
         if self._written is None or hp is not self._written[0] or lr != self._written[1]:
@@ -331,17 +345,24 @@ class Trainer(Controls):
             if due:
                 ins.arm()  # activation hooks for this forward only
             try:
-                loss = self.task.loss(model(x), y)
+                loss = self._loss(model if due else self.forward, x, y)
             finally:
                 if due:
                     ins.disarm()
             gnorm = self._backward(loss, hp.grad_clip)
             loss, gnorm = self._guard(loss.detach(), gnorm.detach())
-            anomaly = None if self.sync_free else self.sentinel.judge(self.step + 1, loss, gnorm)
+            # fp16: a finite loss with overflowed gradients is the scaler's business (it skips the step
+            # and lowers its scale), not an anomaly; a non-finite loss is the sentinel's, as in fp32
+            overflow = self.scaler is not None and not self.sync_free and math.isfinite(loss) and not math.isfinite(gnorm)
+            anomaly = None if self.sync_free or overflow else self.sentinel.judge(self.step + 1, loss, gnorm)
         except BaseException:  # undo the half step: same batch next time, buffers as they were
             self.batches.seek(pos)
             self._undo_forward()
             raise
+        if overflow:
+            anomaly = self._overflowed(self.step + 1)
+        elif self.scaler is not None and not self.sync_free:  # (on CUDA the read-back counts them)
+            self._overflow_streak = 0
         if anomaly is not None:
             act = action(self.cfg.sentinel, anomaly)
             if act != "warn":  # never applied; its batch is used up (on these weights it would spike again)
@@ -353,7 +374,7 @@ class Trainer(Controls):
         measured = ins is not None and ins.measures(self.step + 1, due)
         if measured:
             ins.before()
-        opt.step()
+        scale = self._step()
         ratio = ins.after() if measured else None
         self.step += 1
         n = len(y)
@@ -363,7 +384,7 @@ class Trainer(Controls):
         self._window[0] += n
         progress = self.batches.epoch + self.batches.offset / self.n_train  # fractional epoch, for the x-axis
         self._pending.append(StepRow(self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
-                                     hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time(), ratio))
+                                     hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time(), ratio, scale))
         if due:
             self.journal.log_layers(ins.layer_rows(self.branch, self.step, float(ratio)))
         if ratio is not None and not self.sync_free:  # on CUDA the read-back judges the rows, no sync per step
@@ -389,7 +410,11 @@ class Trainer(Controls):
         """Gradients of `loss`, their total norm before clipping, then clipping to `clip` (0: none).
         Training steps and a probe's side runs share it: the same math, bit for bit."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is None:
+            loss.backward()
+        else:  # the norm, the clip and the guard see true gradients (the documented AMP recipe)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         # get_total_norm's own checks cost more than the norm on small models; this is its core
         gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
@@ -397,10 +422,56 @@ class Trainer(Controls):
             torch.nn.utils.clip_grads_with_norm_(self.params, clip, gnorm)
         return gnorm
 
+    def _loss(self, model, x, y) -> torch.Tensor:
+        graphs = _graphs() if model is not self.model else None
+        t0 = time.perf_counter()
+        with self._autocast():
+            loss = self.task.loss(model(x), y)
+        if graphs is not None and _graphs() != graphs:  # this call compiled: the first step, or a new shape
+            self.compile_s += time.perf_counter() - t0
+            self._event("compile", f"torch.compile: {_graphs()} graph(s), {self.compile_s:.1f} s compiling so far",
+                        {"seconds": self.compile_s, "graphs": _graphs()})
+        return loss
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _step(self) -> Any:
+        """The optimizer step (through the scaler under fp16). Returns the loss scale it used: a
+        float, a device tensor on CUDA until the read-back, or None without a scaler."""
+        if self.scaler is None:
+            self.optimizer.step()
+            return None
+        scale = self.scaler._get_scale_async()  # update() changes it in place
+        scale = scale.clone() if self.sync_free else scale.item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return scale
+
+    def _overflowed(self, step: int) -> Anomaly | None:
+        """Count an fp16 step the scaler skipped. Overflow at every scale down to fp16's smallest is no
+        longer the scaler's to fix: the gradients themselves are not finite, and the run pauses
+        (rolls back under the rollback policy); the weights are untouched."""
+        self.overflows += 1
+        self._overflow_streak += 1
+        if self._overflow_streak < MAX_OVERFLOWS:
+            return None
+        self._overflow_streak = 0
+        return Anomaly("overflow", step, step - MAX_OVERFLOWS + 1, "grad_norm", math.inf, None,
+                       f"fp16 gradients overflowed {MAX_OVERFLOWS} steps in a row, down to loss scale "
+                       f"{self.scaler.get_scale():.3g}: they are not finite at any scale")
+
     def _undo_forward(self) -> None:
         if self._buffers:
             torch._foreach_copy_(self._buffers, self._buffer_backup)
+        self._drop_grads()
+
+    def _drop_grads(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:  # forget the unscale_ of a step never taken; the scale stays as it was
+            self.scaler._per_optimizer_states.clear()
 
     def _guard(self, loss: torch.Tensor, gnorm: torch.Tensor):
         """A non-finite loss or gradient must never be applied.
@@ -411,8 +482,11 @@ class Trainer(Controls):
         as floats on the CPU path.
         """
         if self.sync_free:
-            finite = torch.isfinite(loss) & torch.isfinite(gnorm)
-            self.optimizer.found_inf = (~finite).float()
+            if self.scaler is None:
+                finite = torch.isfinite(loss) & torch.isfinite(gnorm)
+                self.optimizer.found_inf = (~finite).float()
+            else:  # the scaler's step sets found_inf from the gradients (a non-finite loss has them too)
+                finite = torch.isfinite(loss)
             for b, k in zip(self._buffers, self._buffer_backup):
                 b.copy_(torch.where(finite, b, k))
             return loss, gnorm
@@ -491,7 +565,18 @@ class Trainer(Controls):
                 g["betas"] = (hp.momentum, g["betas"][1])
             else:
                 g["momentum"] = hp.momentum
+        if hp.momentum and "betas" not in self.optimizer.defaults and (self.scaler is not None or self.sync_free):
+            self._zero_momentum_buffers()
         self._written = (hp, lr)
+
+    def _zero_momentum_buffers(self) -> None:
+        """Fused SGD given found_inf on its first momentum step skips the update but keeps the buffers
+        it allocated with torch.empty_like: garbage that the next step multiplies in. Zeros give the
+        same first step bit for bit (0.9 * 0 + g == g) and survive a skipped one."""
+        for p in self.params:
+            st = self.optimizer.state[p]
+            if st.get("momentum_buffer") is None:
+                st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
     def _readback(self) -> None:
         """Move buffered step records to the journal; one device sync per batch of steps."""
@@ -507,6 +592,7 @@ class Trainer(Controls):
             if not rows:
                 return
         self._last_loss = rows[-1].loss
+        self._last_scale = rows[-1].loss_scale
         now = time.perf_counter()
         if now - self._window[1] >= 0.5:  # wall-clock throughput over half a second or more
             self._sps = self._window[0] / (now - self._window[1])
@@ -519,15 +605,26 @@ class Trainer(Controls):
         other anomaly was applied, so skip cannot undo it: it is recorded, or pauses or rolls back."""
         zero = torch.zeros((), device=self.device)
         flag = self.health.flag()  # whole-state NaN/inf, in the same sync
-        per_row = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(),
-                                            zero if r.update_ratio is None else torch.as_tensor(r.update_ratio).float()])
+        def opt(v):
+            return zero if v is None else torch.as_tensor(v).float()
+        per_row = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), opt(r.update_ratio), opt(r.loss_scale)])
                                for r in rows])
         *vals, sound = torch.cat([per_row.flatten(), (zero + 1 if flag is None else flag).reshape(1)]).tolist()
-        vals = [vals[i:i + 3] for i in range(0, len(vals), 3)]
+        vals = [vals[i:i + 4] for i in range(0, len(vals), 4)]
         sound = sound == 1.0
-        rows = [r._replace(loss=v[0], grad_norm=v[1], update_ratio=v[2] if r.update_ratio is not None else None)
+        rows = [r._replace(loss=v[0], grad_norm=v[1], update_ratio=v[2] if r.update_ratio is not None else None,
+                           loss_scale=v[3] if r.loss_scale is not None else None)
                 for r, v in zip(rows, vals)]
         for r in rows:
+            if self.scaler is not None and math.isfinite(r.loss) and not math.isfinite(r.grad_norm):
+                a = self._overflowed(r.step)  # the scaler skipped it and lowered its scale: not an anomaly
+                if a is None:
+                    continue
+                self.journal.log_steps(rows)
+                self._react(a, action(self.cfg.sentinel, a))
+                return []
+            if self.scaler is not None:
+                self._overflow_streak = 0
             a = self.sentinel.check_step(r.step, r.loss, r.grad_norm)
             if a is None:
                 self.sentinel.accept_step(r.loss, r.grad_norm)
@@ -603,7 +700,8 @@ class Trainer(Controls):
             version=self._version, anomaly=frozen_map(self.anomaly.to_dict() if self.anomaly else None),
             sentinel=frozen_map({"policy": self.cfg.sentinel, "window": self.cfg.sentinel_window,
                                  "sigma": self.cfg.sentinel_sigma, "lr_factor": self.cfg.rollback_lr_factor}),
-            skipped=self.skipped, memory=memory_bytes(self.device), probe=None)
+            skipped=self.skipped, memory=memory_bytes(self.device), probe=None, loss_scale=self._last_scale,
+            overflows=self.overflows, compile_s=self.compile_s)
 
     # --- commands, applied by the training thread between steps -------------------------------
     def _take_commands(self) -> bool:
@@ -948,23 +1046,24 @@ class Trainer(Controls):
     def _side_step(self, lr: float) -> float:
         """The math of _train_step (same ops, same order), with no sentinel, instruments, evaluation
         or checkpoint: a side run that adopts its settings on the main run draws the same curve."""
-        hp, opt = self.hp, self.optimizer
+        hp = self.hp
         if self._written is None or hp is not self._written[0] or lr != self._written[1]:
             self._write_param_groups(hp, lr)
         t0 = time.perf_counter()
         (x, y), _ = self.batches.next(hp.batch_size)
-        loss = self.task.loss(self.model(x), y)
+        loss = self._loss(self.forward, x, y)
         gnorm = self._backward(loss, hp.grad_clip)
         lv, gv = loss.item(), gnorm.item()
-        if not (math.isfinite(lv) and math.isfinite(gv)):
-            opt.zero_grad(set_to_none=True)
+        overflow = self.scaler is not None and math.isfinite(lv)  # the scaler skips that step itself
+        if not (math.isfinite(lv) and (math.isfinite(gv) or overflow)):
+            self._drop_grads()
             return math.inf if math.isfinite(lv) else lv
-        opt.step()
+        scale = self._step()
         self.step += 1
         dt = time.perf_counter() - t0
         self._pending.append(StepRow(self.branch, self.step, self.batches.epoch + self.batches.offset / self.n_train,
                                      lv, lr, hp.momentum, hp.weight_decay, hp.batch_size, gv,
-                                     len(y) / dt if dt > 0 else 0.0, time.time(), None))
+                                     len(y) / dt if dt > 0 else 0.0, time.time(), None, scale))
         return lv
 
     def _end_side_run(self, diverged: bool) -> None:
@@ -1049,31 +1148,39 @@ class Trainer(Controls):
         """The loss and these metrics over ds (its first `limit` items), per item; the caller sets eval mode."""
         tot, sums = 0, collections.defaultdict(float)
         for x, y in all_batches(ds, 512, self.device, limit):
-            o = self.model(x)
-            n = len(y)
-            tot += n
-            sums["loss"] += float(self.task.loss(o, y)) * n
-            for name, fn in metrics.items():
-                sums[name] += float(fn(o, y)) * n
+            with self._autocast():  # evaluated at the run's precision
+                o = self.model(x)
+                n = len(y)
+                tot += n
+                sums["loss"] += float(self.task.loss(o, y)) * n
+                for name, fn in metrics.items():
+                    sums[name] += float(fn(o, y)) * n
         return {k: v / tot for k, v in sums.items()}
 
     # --- checkpoints ----------------------------------------------------------------------------
     def _capture(self) -> dict:
+        extra = {} if self.scaler is None else {"scaler": self.scaler.state_dict()}  # its scale and growth count
         return snapshot.capture(
             self.model, self.optimizer, self.batches,
             schedule={"lr_set_epoch": self.lr_set_epoch},
             counters={"step": self.step, "samples": self.samples, "train_time": self.train_time,
-                      "best_val": self.best_val, "last_val": self.last_val},
+                      "best_val": self.best_val, "last_val": self.last_val, "overflows": self.overflows},
             hparams=to_dict(self.hp), lineage={"branch": self.branch, "parent_checkpoint": self.last_checkpoint},
-            sentinel=self.sentinel.state_dict())
+            sentinel=self.sentinel.state_dict(), **extra)
 
     def _load(self, s: dict) -> None:
         """The mirror of _capture()."""
+        if self.scaler is not None and "scaler" not in s:  # checked before anything changes
+            raise CheckpointError("this checkpoint has no loss-scaler state: it was not saved by an fp16 run")
         snapshot.restore(self.model, self.optimizer, self.batches, s)
         self.lr_set_epoch = int(s["schedule"]["lr_set_epoch"])
         c = s["counters"]
         self.step, self.samples, self.train_time = int(c["step"]), int(c["samples"]), float(c["train_time"])
         self.best_val, self.last_val = c["best_val"], c["last_val"]
+        self.overflows = int(c.get("overflows", 0))
+        if self.scaler is not None:
+            self.scaler._per_optimizer_states.clear()
+            self.scaler.load_state_dict(s["scaler"])
         self.hp = validate(HParams(), s["hparams"], dataset_size=self.n_train, nesterov=self.cfg.nesterov)
         self.last_checkpoint = s["lineage"]["parent_checkpoint"]
         if "sentinel" in s:  # skip decisions depend on it: a restored run decides as the original did
@@ -1116,6 +1223,11 @@ class Trainer(Controls):
 
     def _event(self, kind: str, message: str, data: Any = None) -> None:
         self.journal.event(self.step, self.branch, kind, message, data)
+
+
+def _graphs() -> int:
+    """Graphs torch.compile has made in this process (dynamo's own counter)."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
 
 
 def _points(task: Task, n: int = 600):

@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS steps (
     branch INTEGER NOT NULL, step INTEGER NOT NULL, epoch REAL NOT NULL, loss REAL,
     lr REAL, momentum REAL, weight_decay REAL, batch_size INTEGER, grad_norm REAL,
-    samples_per_s REAL, wall REAL, update_ratio REAL, PRIMARY KEY (branch, step)) WITHOUT ROWID;
+    samples_per_s REAL, wall REAL, update_ratio REAL, loss_scale REAL, PRIMARY KEY (branch, step)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS evals (
     branch INTEGER NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, val_loss REAL,
     val_acc REAL, train_loss REAL, train_acc REAL, extra TEXT, wall REAL, PRIMARY KEY (branch, step));
@@ -52,6 +52,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 """ + summary.SCHEMA
 
 
+STEP_COLUMNS_ADDED = ("update_ratio", "loss_scale")  # steps columns newer than the first journals
+
+
 class StepRow(NamedTuple):
     branch: int
     step: int
@@ -65,6 +68,7 @@ class StepRow(NamedTuple):
     samples_per_s: float
     wall: float
     update_ratio: Any = None  # ||dtheta|| / ||theta|| of this step's update (trainer/instruments.py)
+    loss_scale: Any = None  # fp16: the GradScaler's scale this step used
 
 
 class EvalRow(NamedTuple):
@@ -213,11 +217,11 @@ class Reader:
             r.update(json.loads(r.pop("extra") or "{}"))
         return rows
 
-    def ratio_column(self) -> str:
-        """SQL for the steps' update ratio: NULL in a journal from before the instruments, opened
+    def ratio_column(self, name: str = "update_ratio") -> str:
+        """SQL for a steps column added later (STEP_COLUMNS_ADDED): NULL in an older journal opened
         read-only (its writer adds the column when it next opens it)."""
         cols = {r[1] for r in self._con().execute("PRAGMA table_info(steps)")}
-        return "update_ratio" if "update_ratio" in cols else "NULL"
+        return name if name in cols else "NULL"
 
     def series(self, branch: int, budget: int = 2000) -> dict[str, np.ndarray]:
         """The lineage's per-step instruments in at most about `budget` buckets: the step where each
@@ -226,15 +230,15 @@ class Reader:
         span = sum(max(0, int(z) - int(a)) for _, a, z in segs)
         width = max(1, -(-span // budget))
         rows: list[tuple] = []
-        ratio = self.ratio_column()
+        ratio, scale = self.ratio_column(), self.ratio_column("loss_scale")
         for b, after, upto in segs:
             rows += self._con().execute(
-                f"SELECT MIN(step), MAX(grad_norm), MAX({ratio}), AVG(samples_per_s), MAX(loss) FROM steps "
-                "WHERE branch = ? AND step > ? AND step <= ? GROUP BY step / ? ORDER BY 1",
+                f"SELECT MIN(step), MAX(grad_norm), MAX({ratio}), AVG(samples_per_s), MAX(loss), MIN({scale}) "
+                "FROM steps WHERE branch = ? AND step > ? AND step <= ? GROUP BY step / ? ORDER BY 1",
                 (b, after, upto, width)).fetchall()
-        a = summary._array(rows, 5)
+        a = summary._array(rows, 6)
         return {"step": a[:, 0], "grad_norm": a[:, 1], "update_ratio": a[:, 2], "samples_per_s": a[:, 3],
-                "loss": a[:, 4], "width": width}
+                "loss": a[:, 4], "loss_scale": a[:, 5], "width": width}
 
     def layer_rows(self, branch: int, max_steps: int = 300) -> list[dict]:
         """Per-layer instrument rows on the lineage, from at most about `max_steps` instrument steps."""
@@ -353,8 +357,9 @@ class Journal(Reader):
             self._wcon.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit survives a process kill
             self._wcon.executescript(SCHEMA)
             cols = {r[1] for r in self._wcon.execute("PRAGMA table_info(steps)")}
-            if "update_ratio" not in cols:  # a journal from before the instruments
-                self._wcon.execute("ALTER TABLE steps ADD COLUMN update_ratio REAL")
+            for col in STEP_COLUMNS_ADDED:  # a journal from before them
+                if col not in cols:
+                    self._wcon.execute(f"ALTER TABLE steps ADD COLUMN {col} REAL")
             row = self._wcon.execute("SELECT value FROM meta WHERE key = 'summary'").fetchone()
             if row is None or json.loads(row[0]) != summary.VERSION:  # written before the summary existed
                 self.transaction([("INSERT OR REPLACE INTO meta VALUES ('summary', ?)", (json.dumps(summary.VERSION),))],
@@ -466,7 +471,7 @@ class Journal(Reader):
             lo, hi = touched.get(r[0], (r[1], r[1]))
             touched[r[0]] = (min(lo, r[1]), max(hi, r[1]))
         try:
-            self.transaction([*sql, *((_insert("steps", 12), (*r, None)[:12]) for r in steps),
+            self.transaction([*sql, *((_insert("steps", 13), (*r, None, None)[:13]) for r in steps),
                               *((_insert("evals", 9), tuple(r)) for r in evals),
                               *((_insert("layers", 12), tuple(r)) for r in layers),
                               *(("INSERT INTO events (wall, step, branch, kind, message, data) "

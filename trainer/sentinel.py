@@ -84,7 +84,8 @@ class Window:
 class Anomaly:
     """What the sentinel saw. `kind`: spike (a z-score over threshold, before the update), nonfinite
     (a NaN/inf loss or gradient, before the update), update (an update-ratio spike, after it), broken
-    (non-finite weights, optimizer state or buffers, after it), explosion (a sustained rise).
+    (non-finite weights, optimizer state or buffers, after it), explosion (a sustained rise), overflow
+    (fp16: the loss scaler skipped step after step down to its smallest scale, no update applied).
     `start` is the first step the anomaly may have touched; `sound` says whether the weights are finite."""
     kind: str
     step: int
@@ -97,7 +98,7 @@ class Anomaly:
 
     @property
     def before_update(self) -> bool:
-        return self.kind in ("spike", "nonfinite")
+        return self.kind in ("spike", "nonfinite", "overflow")
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("kind", "step", "start", "series", "value", "z", "message", "sound")}
@@ -118,6 +119,8 @@ def action(policy: str, anomaly: Anomaly) -> str:
         return "rollback"
     if anomaly.kind == "nonfinite":
         return "skip" if policy == "skip" else "pause"
+    if anomaly.kind == "overflow":  # the scaler has skipped every one of them already
+        return "pause" if policy == "skip" else policy
     if policy == "skip":
         return {"spike": "skip", "update": "warn"}.get(anomaly.kind, "rollback")
     if anomaly.kind == "broken":

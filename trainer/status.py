@@ -30,6 +30,8 @@ class RunInfo:
     has_grid: bool  # a 2-D task with a decision-boundary picture
     points: tuple[np.ndarray, np.ndarray] | None = None  # a sample of 2-D training points (read-only)
     classes: int | None = None  # a classifier's class count (its loss at init should be log C), else None
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (RunConfig.precision)
+    compiled: bool = False  # training steps run a torch.compile'd model
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class Status:
     skipped: int = 0  # updates the sentinel dropped
     memory: int = 0  # bytes: CUDA max allocated, or the process's peak RSS
     probe: Mapping[str, Any] | None = None  # while probing: kind, index, samples, step, steps, eta_s, results
+    loss_scale: float | None = None  # fp16: the GradScaler's scale at the last read-back
+    overflows: int = 0  # fp16: steps the scaler skipped because the gradients overflowed
+    compile_s: float = 0.0  # seconds spent compiling the model (torch.compile), so far in this process
 
     @property
     def sound(self) -> bool:
@@ -79,7 +84,8 @@ class Status:
         """Plain JSON-able data (no grid or points): for the CLI and other processes."""
         d = {k: getattr(self, k) for k in ("state", "error", "step", "epoch", "epoch_progress", "steps_per_epoch",
                                            "branch", "effective_lr", "loss", "samples_per_s", "max_steps",
-                                           "last_checkpoint", "version", "skipped", "memory")}
+                                           "last_checkpoint", "version", "skipped", "memory", "loss_scale",
+                                           "overflows", "compile_s")}
         d["anomaly"] = dict(self.anomaly) if self.anomaly is not None else None
         d["sentinel"] = dict(self.sentinel) if self.sentinel is not None else None
         d["probe"] = (None if self.probe is None else
