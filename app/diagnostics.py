@@ -210,7 +210,7 @@ def diagnostics_view() -> None:
             _chart(scale_figure(series, rev), "diag_scale")
         with right:
             st.caption(f"fp16 loss scaling: the scaler halves the scale when gradients overflow and skips that "
-                       f"step ({s.overflows:,} so far), and doubles it after 2,000 calm steps. The sentinel "
+                       f"step{f' ({s.overflows:,} so far)' if s.accepts else ''}, and doubles it after 2,000 calm steps. The sentinel "
                        "judges only the steps it applies; a falling scale with a rising loss is a real divergence.")
 
     rows = r.layer_rows(s.branch)

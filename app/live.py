@@ -72,7 +72,8 @@ def engine_line(s: Status) -> str:
     parts = [f"precision **{s.run.precision}**"]
     if s.run.precision == "fp16":
         parts.append(f"loss scale **{fmt(s.loss_scale, ',.0f')}**")
-        parts.append(f"**{s.overflows:,}** step{'s' if s.overflows != 1 else ''} skipped by the scaler (overflow)")
+        if s.accepts:  # a trainer serves the run and counts them (a journal alone does not say)
+            parts.append(f"**{s.overflows:,}** step{'s' if s.overflows != 1 else ''} skipped by the scaler (overflow)")
     if s.run.compiled:
         parts.append(f"torch.compile: **{s.compile_s:.1f} s** compiling" if s.compile_s else "torch.compile: not yet compiled")
     return " · ".join(parts)

@@ -102,7 +102,7 @@ def offline_status(run_dir: Path | str) -> Status:
                   branch=branch, hparams=hp, effective_lr=row["lr"] if row else hp.lr,
                   loss=row["loss"] if row else None, samples_per_s=0.0, max_steps=int(cfg.get("max_steps", 0)),
                   last_checkpoint=ckpt["id"] if ckpt else None, eval=frozen_map(ev), grid=None,
-                  accepts=frozenset(), run=run)
+                  accepts=frozenset(), run=run, loss_scale=row.get("loss_scale") if row else None)
 
 
 def last_heartbeat(run_dir: Path | str) -> dict | None:
