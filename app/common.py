@@ -14,6 +14,7 @@ from . import runtime
 # One read-only journal view per run directory, shared by every session: each reading thread opens
 # its own SQLite connection on first use (Reader keeps them per thread).
 _READERS: dict[str, Reader] = {}
+DETACHED = ("idle", "finished", "busy")  # states read from the journal: no trainer serves the run
 
 
 def run_dir() -> Path:

@@ -10,7 +10,7 @@ import streamlit as st
 
 from trainer.advice import advise, first_loss
 
-from .common import fmt, reader, status
+from .common import DETACHED, fmt, reader, status
 from .figures import BLUE, GREEN, GREY, ORANGE, RED, TEMPLATE
 
 HEALTHY = 1e-3  # update/weight per step that CS231n calls about right
@@ -210,7 +210,7 @@ def diagnostics_view() -> None:
             _chart(scale_figure(series, rev), "diag_scale")
         with right:
             st.caption(f"fp16 loss scaling: the scaler halves the scale when gradients overflow and skips that "
-                       f"step{f' ({s.overflows:,} so far)' if s.accepts else ''}, and doubles it after 2,000 calm steps. The sentinel "
+                       f"step{f' ({s.overflows:,} so far)' if s.state not in DETACHED else ''}, and doubles it after 2,000 calm steps. The sentinel "
                        "judges only the steps it applies; a falling scale with a rising loss is a real divergence.")
 
     rows = r.layer_rows(s.branch)

@@ -10,7 +10,7 @@ import streamlit as st
 from trainer import Reader, Status
 
 from . import figures, history, recover, view_options
-from .common import fmt, follow_live, reader, status
+from .common import DETACHED, fmt, follow_live, reader, status
 
 TICK = 1.0
 SIDE_EVERY = 5  # the side charts refresh every fifth tick (evaluations are less frequent than steps)
@@ -72,7 +72,7 @@ def engine_line(s: Status) -> str:
     parts = [f"precision **{s.run.precision}**"]
     if s.run.precision == "fp16":
         parts.append(f"loss scale **{fmt(s.loss_scale, ',.0f')}**")
-        if s.accepts:  # a trainer serves the run and counts them (a journal alone does not say)
+        if s.state not in DETACHED:  # a trainer serves the run and counts them (a journal alone does not say)
             parts.append(f"**{s.overflows:,}** step{'s' if s.overflows != 1 else ''} skipped by the scaler (overflow)")
     if s.run.compiled:
         parts.append(f"torch.compile: **{s.compile_s:.1f} s** compiling" if s.compile_s else "torch.compile: not yet compiled")

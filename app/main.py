@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from .checkpoints_panel import restore_panel
-from .common import page_key, show_flash, status
+from .common import DETACHED, page_key, show_flash, status
 from .controls import control_bar, detached_banner
 from .diagnostics import diagnostics_view
 from .hparams_panel import hparams_panel
@@ -47,7 +47,7 @@ def main(args: dict) -> None:
     st.caption(f"task **{s.run.task_name}** · optimizer **{s.run.optimizer}** · device **{s.run.device}** · "
                f"branch **{s.branch}** · {s.run.run_dir}")
     show_flash()
-    if s.state in ("idle", "finished", "busy"):
+    if s.state in DETACHED:
         detached_banner()
     control_bar()
     every = run_every()
