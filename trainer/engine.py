@@ -423,6 +423,8 @@ class Trainer(Controls):
         return gnorm
 
     def _loss(self, model, x, y) -> torch.Tensor:
+        if model is self.model and self.amp_dtype is None:  # the plain fp32 step pays for nothing below
+            return self.task.loss(model(x), y)
         graphs = _graphs() if model is not self.model else None
         t0 = time.perf_counter()
         with self._autocast():
