@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import importlib.util
 import json
 import os
@@ -39,8 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from trainer import RunConfig, Trainer  # noqa: E402
+from trainer.config import PRECISIONS  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 UI = {"streamlit", "plotly", "playwright", "app"}  # the dashboard's side: not on the GPU machine
 DEVICE_TESTS = ("test_cuda.py", "test_precision.py")  # the CUDA path and AMP: run first, in their own step
 # Process, serving and locking tests (kill -9, CLI, ctl): the same on any device, and most of the suite's
@@ -51,16 +50,10 @@ TARGETS = {"spirals": 0.90, "wide_mlp": 0.97, "wide_mlp_small": 0.97}  # trainer
 WIDE = "bench/tasks.py:wide_mlp"
 
 
-def precisions() -> tuple[str, ...]:
-    """The precisions this checkout's RunConfig knows (fp32 only before it had the field)."""
-    return PRECISIONS if "precision" in {f.name for f in dataclasses.fields(RunConfig)} else ("fp32",)
-
 
 # --- workers: each runs in its own process (python gpu_check.py --worker NAME) and returns a dict --------
 
 def _trainer(root: Path, name: str, **cfg) -> Trainer:
-    if cfg.get("precision", "fp32") == "fp32":
-        cfg.pop("precision", None)  # a checkout without the field still runs fp32
     return Trainer.create(RunConfig(run_dir=str(root / name), **cfg))
 
 
@@ -91,7 +84,7 @@ def exactness(device: str, smoke: bool) -> dict:
 
     k, j = (20, 7) if smoke else (40, 15)
     combos = [("spirals", "sgd"), ("spirals", "adam"), ("digits", "adamw")]
-    cases = [(task, opt, p) for p in precisions() for task, opt in combos
+    cases = [(task, opt, p) for p in PRECISIONS for task, opt in combos
              if not smoke or p == "fp32" or (task, opt) == combos[0]]
     results = []
     for task, opt, p in cases:
@@ -123,7 +116,7 @@ def exactness(device: str, smoke: bool) -> dict:
                 print(f"{'ok  ' if err is None else 'FAIL'} {name} {err or ''}", flush=True)
     bad = [r["case"] for r in results if not r["ok"]]
     return {"ok": not bad, "cases": results,
-            "detail": f"{len(results) - len(bad)}/{len(results)} bit-exact ({', '.join(precisions())})"
+            "detail": f"{len(results) - len(bad)}/{len(results)} bit-exact ({', '.join(PRECISIONS)})"
                       + (f"; not: {', '.join(bad)}" if bad else "")}
 
 
@@ -136,7 +129,7 @@ def nan_guard(device: str, smoke: bool) -> dict:
     results = []
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        for p in precisions():
+        for p in PRECISIONS:
             t = _trainer(root, f"nan-{p}", task=f"{PLUGINS / 'nan_at.py'}:make", device=device, precision=p,
                          ckpt_every=0, eval_every=0, eval_at_epoch_end=False)
             try:
@@ -216,7 +209,7 @@ def syncs(device: str, smoke: bool) -> dict:
     from trainer.engine import READBACK_S
 
     steps, results = 200, []
-    runs = [("spirals", "fp32")] + [(WIDE, p) for p in precisions()]
+    runs = [("spirals", "fp32")] + [(WIDE, p) for p in PRECISIONS]
     with tempfile.TemporaryDirectory() as d:
         for task, p in runs:
             name, t = f"{task.rpartition(':')[2]} {p}", None
@@ -370,7 +363,7 @@ def overhead_step(a, precision: str, limit: float) -> dict:
 
 def environment(a) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cuda_available": torch.cuda.is_available(), "precisions": precisions(),
+            "cuda_available": torch.cuda.is_available(), "precisions": PRECISIONS,
             "modules": {m: importlib.util.find_spec(m) is not None
                         for m in ("numpy", "sklearn", "pytest", "hypothesis", "tqdm", "streamlit", "plotly")}}
     if torch.cuda.is_available():
@@ -415,7 +408,7 @@ def main() -> None:
     # last and get what the budget leaves: a cut-off run still reports what passed.
     plan = [("device tests", 150, 40), ("exactness", 90, 30), ("nan_guard", 60, 20)]
     plan += [] if a.smoke or not a.device.startswith("cuda") else [("syncs", 60, 20)]
-    plan += [(f"overhead {p}", 130, 40) for p in precisions()]
+    plan += [(f"overhead {p}", 130, 40) for p in PRECISIONS]
     plan += [("engine tests", 600 if a.all_tests else 240, 30)]
     report, lines = {"environment": env, "args": {k: str(v) for k, v in vars(a).items()}, "steps": {}}, []
     for i, (name, own, least) in enumerate(plan):

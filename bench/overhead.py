@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainer import RunConfig, Trainer, load_task  # noqa: E402
 from trainer.config import BUILTIN_TASKS  # noqa: E402
-from trainer.engine import build_optimizer, resolve_device  # noqa: E402
+from trainer.engine import AMP_DTYPES, build_optimizer, resolve_device  # noqa: E402
 from trainer.hparams import HParams, validate  # noqa: E402
 
 
@@ -54,7 +54,6 @@ TRAINER_KINDS = {
     "trainer": "trainer (thread, journal, checkpoints every 200, instruments)",
 }
 QUICK = ("bare", "trainer")
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def label(spec: str) -> str:
