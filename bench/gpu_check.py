@@ -10,8 +10,9 @@ is the summary. DIR gets report.txt (every step's output), report.json, each ste
 pytest-engine.xml and overhead-<precision>.json.
 
 Steps: the CUDA and AMP tests (tests/test_cuda.py, test_precision.py); resume and rollback bit-exact
-against a straight run; the NaN guard; the syncs in 200 steps and where they come from; trainer/bare
-overhead (bench/overhead.py --quick) on spirals and bench/tasks.py:wide_mlp at fp32, bf16 and fp16;
+against a straight run; the NaN guard; the syncs in 200 steps and where they come from; the anatomy
+of a step (µs per step without checkpoints, without instruments, driven without the thread; kernel
+launches per step); trainer/bare overhead (bench/overhead.py --quick) on spirals and bench/tasks.py:wide_mlp at fp32, bf16 and fp16;
 then the other engine tests that import nothing missing, with the time the budget leaves.
 """
 from __future__ import annotations
@@ -206,7 +207,7 @@ def count_syncs(fn) -> tuple[Counter, dict[str, str], Counter]:
 def syncs(device: str, smoke: bool) -> dict:
     """200 steps with the read-back as the only planned sync: its count against test_cuda's bound."""
     from conftest import run_to
-    from trainer.engine import READBACK_S
+    from test_cuda import CHECKPOINT_SYNCS, sync_bound
 
     steps, results = 200, []
     runs = [("spirals", "fp32")] + [(WIDE, p) for p in PRECISIONS]
@@ -221,10 +222,10 @@ def syncs(device: str, smoke: bool) -> dict:
                 sites, where, final = count_syncs(lambda: run_to(t, 20 + steps))  # final: the last checkpoint's copy
                 elapsed = time.monotonic() - t0
                 training = sum(sites.values()) - sum(final.values())
-                epochs = steps // t.status().steps_per_epoch + 1
-                bound = steps // t.cfg.log_every + int(elapsed / READBACK_S) + epochs + 2
-                results.append({"case": name, "ok": training <= bound, "syncs": training, "bound": bound,
-                                "read_backs_planned": steps // t.cfg.log_every, "epochs": epochs,
+                parts = sync_bound(t, steps, elapsed)
+                bound = sum(parts.values())
+                ok = training <= bound and sum(final.values()) <= CHECKPOINT_SYNCS
+                results.append({"case": name, "ok": ok, "syncs": training, "bound": bound, "parts": parts,
                                 "elapsed_s": round(elapsed, 2), "final_checkpoint_syncs": sum(final.values()),
                                 "sites": [{"site": s, "n": n, "in_checkpoint": final[s], "where": where[s]}
                                           for s, n in sites.most_common()]})
@@ -238,8 +239,8 @@ def syncs(device: str, smoke: bool) -> dict:
             print(f"FAIL {r['case']}: {r['error']}", flush=True)
             continue
         print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['case']}: {r['syncs']} syncs in {steps} steps (bound {r['bound']}: "
-              f"{r['read_backs_planned']} read-backs + time-based + {r['epochs']} epoch ends + 2); "
-              f"final checkpoint {r['final_checkpoint_syncs']}", flush=True)
+              + " + ".join(f"{n} {k}" for k, n in r["parts"].items())
+              + f"); final checkpoint {r['final_checkpoint_syncs']} (bound {CHECKPOINT_SYNCS})", flush=True)
         for s in r["sites"][:8]:
             ck = f" ({s['in_checkpoint']} in the checkpoint)" if s["in_checkpoint"] else ""
             print(f"    {s['n']:4d}{ck}  {s['site']}   [{s['where']}]", flush=True)
@@ -249,7 +250,80 @@ def syncs(device: str, smoke: bool) -> dict:
                                 for r in results)}
 
 
-WORKERS = {"exactness": exactness, "nan_guard": nan_guard, "syncs": syncs}
+def anatomy(device: str, smoke: bool) -> dict:
+    """Where a trainer step's time goes on this device, in one warm process: µs per step of the bare
+    loop and of the trainer whole, without checkpoints, without instruments, without both, and its
+    steps driven from the calling thread (no thread hand-offs); kernel launches per step from the
+    profiler. Informational: overhead.py's ratios are the measure."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import overhead
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = torch.device(device)
+    n, warm = (30, 10) if smoke else (400, 100)
+    cases = [("spirals", "spirals")] if smoke else [("spirals", "spirals"), ("wide_mlp", WIDE)]
+    variants = {"trainer": {}, "no checkpoints": {"ckpt_every": 0}, "no instruments": {"instruments": False,
+                "instrument_every": 0}, "neither": {"ckpt_every": 0, "instruments": False, "instrument_every": 0}}
+    results = []
+
+    def launches(fn) -> tuple[float, list[str]]:
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            fn()
+        ka = prof.key_averages()
+        k = sum(e.count for e in ka if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+        top = sorted((e for e in ka if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)[:8]
+        return k, [f"{e.key} {e.count} calls {e.self_cpu_time_total / 1e3:.1f} ms" for e in top]
+
+    with tempfile.TemporaryDirectory() as d:
+        for name, spec in cases:
+            row = {"task": name}
+            overhead.bare_loop(spec, warm, dev)
+            row["bare"] = 1e6 / overhead.bare_loop(spec, n, dev)
+            k, top = launches(lambda: overhead.bare_loop(spec, 50, dev))
+            row["bare launches/step"], row["bare top ops"] = k / 50, top
+            for v, kw in variants.items():
+                t = _trainer(Path(d), f"{name}-{v}".replace(" ", "_"), task=spec, device=device, eval_every=0,
+                             eval_at_epoch_end=False, **{"instrument_every": 50, **kw})
+                try:
+                    t.set_max_steps(warm).wait()
+                    t.start().wait()
+                    t.wait()
+                    t.set_max_steps(warm + n).wait()
+                    t0 = time.perf_counter()
+                    t.start()
+                    t.wait()
+                    row[v] = (time.perf_counter() - t0) / n * 1e6
+                    if v == "trainer":  # the same steps, called from here: no thread, same journal
+                        t.state = "running"
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        for _ in range(n):
+                            t._train_step()
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize()
+                        row["trainer, steps called here"] = (time.perf_counter() - t0) / n * 1e6
+                        k, top = launches(lambda: [t._train_step() for _ in range(50)])
+                        row["trainer launches/step"], row["trainer top ops"] = k / 50, top
+                        t.state = "done"
+                finally:
+                    t.close()
+            results.append(row)
+            print(f"{name}: µs/step " + ", ".join(f"{k} {v:.0f}" for k, v in row.items()
+                                                 if isinstance(v, float) and "launches" not in k)
+                  + f"; launches/step bare {row['bare launches/step']:.1f}, trainer {row['trainer launches/step']:.1f}",
+                  flush=True)
+            for k in ("bare top ops", "trainer top ops"):
+                print(f"    {k}: " + "; ".join(row[k]), flush=True)
+    return {"ok": True, "cases": results,
+            "detail": "; ".join(f"{r['task']} bare {r['bare']:.0f} µs, trainer {r['trainer']:.0f} "
+                                f"(no ckpt {r['no checkpoints']:.0f}, no instr {r['no instruments']:.0f}, "
+                                f"neither {r['neither']:.0f}, called here {r['trainer, steps called here']:.0f})"
+                                for r in results)}
+
+
+WORKERS = {"exactness": exactness, "nan_guard": nan_guard, "syncs": syncs, "anatomy": anatomy}
 
 
 # --- the parent: steps, limits, report ----------------------------------------------------------------
@@ -384,6 +458,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000, help="timed steps per overhead measurement (default: 1000)")
     ap.add_argument("--repeats", type=int, default=3, help="overhead processes per kind, fp32 (bf16, fp16: one "
                                                            "fewer) (default: 3)")
+    ap.add_argument("--skip", nargs="*", default=[], help="steps to leave out, e.g. exactness 'engine tests'")
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -408,8 +483,10 @@ def main() -> None:
     # last and get what the budget leaves: a cut-off run still reports what passed.
     plan = [("device tests", 150, 40), ("exactness", 90, 30), ("nan_guard", 60, 20)]
     plan += [] if a.smoke or not a.device.startswith("cuda") else [("syncs", 60, 20)]
+    plan += [("anatomy", 90, 30)]
     plan += [(f"overhead {p}", 130, 40) for p in PRECISIONS]
     plan += [("engine tests", 600 if a.all_tests else 240, 30)]
+    plan = [step for step in plan if step[0] not in a.skip]
     report, lines = {"environment": env, "args": {k: str(v) for k, v in vars(a).items()}, "steps": {}}, []
     for i, (name, own, least) in enumerate(plan):
         later = sum(least for _, _, least in plan[i + 1:])

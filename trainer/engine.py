@@ -38,6 +38,7 @@ from .status import Grid, RunInfo, Status, frozen_array, frozen_map
 from .tasks import Task, load_task
 
 THREAD_NAME = "panda-trainer"
+PUBLISH_S = 0.05  # a running step loop publishes its Status at most this often
 READBACK_S = 0.1  # step rows reach the journal's queue at least this often (plus its flush interval)
 MAX_SHOWN = 2000  # characters of a task's shown text (a generated sample) kept per evaluation
 HEALTH_EVERY = 50  # steps between the CPU's whole-state NaN/inf check and explosion check (and before checkpoints)
@@ -121,6 +122,7 @@ class Trainer(Controls):
         self._last_loss: float | None = None
         self._last_scale: float | None = None  # fp16: the loss scale at the last read-back
         self._sps = 0.0
+        self._published_at = 0.0
         self._window = [0, 0.0]  # samples since the last read-back and when it was, for samples/s
         self._last_readback = 0.0
         self._written: tuple | None = None  # the (hparams, lr) last written into param_groups
@@ -374,8 +376,10 @@ class Trainer(Controls):
         measured = ins is not None and ins.measures(self.step + 1, due)
         if measured:
             ins.before()
-        scale = self._step()
+        scale = self._step(on_device=self.sync_free)
         ratio = ins.after() if measured else None
+        if isinstance(ratio, torch.Tensor) and not self.sync_free:  # CUDA without a fused optimizer: judged now
+            ratio = ratio.item()
         self.step += 1
         n = len(y)
         self.samples += n
@@ -386,7 +390,7 @@ class Trainer(Controls):
         self._pending.append(StepRow(self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
                                      hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time(), ratio, scale))
         if due:
-            self.journal.log_layers(ins.layer_rows(self.branch, self.step, float(ratio)))
+            self.journal.log_layers(ins.layer_rows(self.branch, self.step, ratio))
         if ratio is not None and not self.sync_free:  # on CUDA the read-back judges the rows, no sync per step
             later = self.sentinel.judge_update(self.step, ratio)
             if later is not None and self._react(later, action(self.cfg.sentinel, later)):
@@ -396,9 +400,11 @@ class Trainer(Controls):
                 return
         if self.step % self.cfg.log_every == 0 or t0 - self._last_readback >= READBACK_S:
             self._readback()
-            self._publish()
             if self.state != "running":  # the guard or a failed write stopped the run: no eval or checkpoint
+                self._publish()
                 return
+            if t0 - self._published_at >= PUBLISH_S:  # readers poll at most every 0.1 s: fresher is waste
+                self._publish()
         if epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._evaluate()
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
@@ -440,14 +446,14 @@ class Trainer(Controls):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _step(self) -> Any:
+    def _step(self, on_device: bool = False) -> Any:
         """The optimizer step (through the scaler under fp16). Returns the loss scale it used: a
-        float, a device tensor on CUDA until the read-back, or None without a scaler."""
+        float, or with `on_device` a device tensor until the read-back; None without a scaler."""
         if self.scaler is None:
             self.optimizer.step()
             return None
         scale = self.scaler._get_scale_async()  # update() changes it in place
-        scale = scale.clone() if self.sync_free else scale.item()
+        scale = scale.clone() if on_device else scale.item()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return scale
@@ -609,9 +615,8 @@ class Trainer(Controls):
         flag = self.health.flag()  # whole-state NaN/inf, in the same sync
         def opt(v):
             return zero if v is None else torch.as_tensor(v).float()
-        per_row = torch.stack([torch.stack([r.loss.float(), r.grad_norm.float(), opt(r.update_ratio), opt(r.loss_scale)])
-                               for r in rows])
-        *vals, sound = torch.cat([per_row.flatten(), (zero + 1 if flag is None else flag).reshape(1)]).tolist()
+        per_row = [v for r in rows for v in (r.loss.float(), r.grad_norm.float(), opt(r.update_ratio), opt(r.loss_scale))]
+        *vals, sound = torch.stack([*per_row, (zero + 1 if flag is None else flag).float().reshape(())]).tolist()
         vals = [vals[i:i + 4] for i in range(0, len(vals), 4)]
         sound = sound == 1.0
         rows = [r._replace(loss=v[0], grad_norm=v[1], update_ratio=v[2] if r.update_ratio is not None else None,
@@ -688,6 +693,7 @@ class Trainer(Controls):
         """Swap in a new Status: the only thing other threads read of the run's live state."""
         hp = self.hp
         self._version += 1
+        self._published_at = time.perf_counter()
         if self._plan is not None:  # the main run as it was when the probe began, and the probe's progress
             self._status = dataclasses.replace(self._main_status, state="probing", accepts=ACCEPTS["probing"],
                                                version=self._version, probe=self._probe_status())

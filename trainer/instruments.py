@@ -143,7 +143,7 @@ class Instruments:
             dead = (units.amax(1) <= 0).float().mean() if isinstance(m, DEAD) else None
             lim = next((v for k, v in SATURATING.items() if isinstance(m, k)), None)
             sat = ((a < lim[0]) | (a > lim[1])).float().mean() if lim else None
-            self._acts[label] = (a.mean(), a.std() if a.numel() > 1 else torch.zeros(()), dead, sat)
+            self._acts[label] = (a.mean(), a.std() if a.numel() > 1 else a.new_zeros(()), dead, sat)
         return record
 
     def disarm(self) -> None:
@@ -151,31 +151,46 @@ class Instruments:
             h.remove()
         self._hooks = []
 
-    def layer_rows(self, branch: int, step: int, ratio: float) -> list[LayerRow]:
-        """Per-layer statistics after the update of an instrument step (call before the next zero_grad)."""
-        sq = lambda xs: np.bincount(self.param_layer, weights=np.square(xs), minlength=len(self.layers))  # noqa: E731
+    def layer_rows(self, branch: int, step: int, ratio) -> list[LayerRow]:
+        """Per-layer statistics after the update of an instrument step (call before the next zero_grad).
+        `ratio` is after()'s value. Every number that lives on the device comes back in one copy: one
+        sync per instrument step on CUDA, not one per layer and statistic."""
+        acts, self._acts = self._acts, {}
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        g = sq(torch.stack(torch._foreach_norm(grads)).double().cpu().numpy()) if grads else np.zeros(0)
+        parts = [torch.stack(torch._foreach_norm(grads))] if grads else []
+        if not self.numpy and self.params:
+            parts += [torch.stack(torch._foreach_norm(self._delta_t)), torch.stack(torch._foreach_norm(self.last_t))]
+        stats = [v for four in acts.values() for v in four if v is not None]
+        if isinstance(ratio, torch.Tensor):
+            stats.append(ratio)
+        if stats:
+            parts.append(torch.stack([v.reshape(()).float() for v in stats]))
+        flat = torch.cat([v.double() for v in parts]).cpu().numpy() if parts else np.zeros(0)
+        n = len(grads)
+        sq = lambda xs: np.bincount(self.param_layer, weights=np.square(xs), minlength=len(self.layers))  # noqa: E731
+        g = sq(flat[:n])
         if self.numpy:
             d, w = np.zeros(len(self.params)), np.zeros(len(self.params))
             ne = self.nonempty
             d[ne] = np.add.reduceat(np.square(self.delta, dtype=np.float64), self.offsets[ne])
             w[ne] = np.add.reduceat(np.square(self.last, dtype=np.float64), self.offsets[ne])
             d, w = sq(np.sqrt(d)), sq(np.sqrt(w))
+            rest = iter(flat[n:].tolist())
         else:
-            d = sq(torch.stack(torch._foreach_norm(self._delta_t)).double().cpu().numpy())
-            w = sq(torch.stack(torch._foreach_norm(self.last_t)).double().cpu().numpy())
-        rows = [LayerRow(branch, step, -1, "(model)", _f(math.sqrt(g.sum())), _f(ratio), _f(math.sqrt(w.sum())),
-                         None, None, None, None, float(memory_bytes(self.device)))]
+            m = len(self.params)
+            d, w = sq(flat[n:n + m]), sq(flat[n + m:n + 2 * m])
+            rest = iter(flat[n + 2 * m:].tolist())
         by_label = {}
         for i, label in enumerate(self.layers):
             by_label[label] = dict(grad_norm=_f(math.sqrt(g[i])), weight_norm=_f(math.sqrt(w[i])),
                                    update_ratio=_f(math.sqrt(d[i]) / math.sqrt(w[i])) if w[i] > 0 else None)
-        for label, (mean, std, dead, sat) in self._acts.items():
-            by_label.setdefault(label, {}).update(act_mean=_f(float(mean)), act_std=_f(float(std)),
-                                                  act_dead=None if dead is None else float(dead),
-                                                  act_sat=None if sat is None else float(sat))
-        self._acts = {}
+        for label, four in acts.items():
+            mean, std, dead, sat = (None if v is None else next(rest) for v in four)
+            by_label.setdefault(label, {}).update(act_mean=_f(mean), act_std=_f(std), act_dead=dead, act_sat=sat)
+        if isinstance(ratio, torch.Tensor):
+            ratio = next(rest)
+        rows = [LayerRow(branch, step, -1, "(model)", _f(math.sqrt(g.sum())), _f(ratio), _f(math.sqrt(w.sum())),
+                         None, None, None, None, float(memory_bytes(self.device)))]
         for label, v in sorted(by_label.items(), key=lambda kv: self.order.get(kv[0].rpartition(" ")[0], 0)):
             name = label.rpartition(" ")[0]
             rows.append(LayerRow(branch, step, self.order.get(name, 0), label, v.get("grad_norm"),

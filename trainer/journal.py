@@ -13,6 +13,7 @@ trainer turns into a paused run with that message: nothing is dropped silently.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
 import sqlite3
@@ -102,8 +103,22 @@ class JournalError(RuntimeError):
     pass
 
 
-def _insert(table: str, n: int) -> str:
-    return f"INSERT OR REPLACE INTO {table} VALUES ({','.join('?' * n)})"
+ROWS_PER_INSERT = 64  # 832 parameters at most: under SQLite's oldest default limit of 999
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_many(table: str, n: int, k: int) -> str:
+    return f"INSERT OR REPLACE INTO {table} VALUES " + ",".join([f"({','.join('?' * n)})"] * k)
+
+
+def _inserts(table: str, n: int, rows) -> list[tuple[str, tuple]]:
+    """Statements inserting `rows` (tuples of n values) in order, up to ROWS_PER_INSERT a statement:
+    the writer's time goes to SQLite, not to one Python call per row."""
+    rows = list(rows)
+    if any(len(r) != n for r in rows):  # one flat parameter list: a short row would shift the others
+        raise ValueError(f"a {table} row needs {n} values: {next(r for r in rows if len(r) != n)!r}")
+    return [(_insert_many(table, n, len(part)), tuple(v for r in part for v in r))
+            for part in (rows[i:i + ROWS_PER_INSERT] for i in range(0, len(rows), ROWS_PER_INSERT))]
 
 
 class Reader:
@@ -471,9 +486,8 @@ class Journal(Reader):
             lo, hi = touched.get(r[0], (r[1], r[1]))
             touched[r[0]] = (min(lo, r[1]), max(hi, r[1]))
         try:
-            self.transaction([*sql, *((_insert("steps", 13), (*r, None, None)[:13]) for r in steps),
-                              *((_insert("evals", 9), tuple(r)) for r in evals),
-                              *((_insert("layers", 12), tuple(r)) for r in layers),
+            self.transaction([*sql, *_inserts("steps", 13, [(*r, None, None)[:13] for r in steps]),
+                              *_inserts("evals", 9, evals), *_inserts("layers", 12, layers),
                               *(("INSERT INTO events (wall, step, branch, kind, message, data) "
                                  "VALUES (?, ?, ?, ?, ?, ?)", e) for e in events)],
                              then=lambda con: summary.update(con, touched))

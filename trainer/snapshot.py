@@ -27,14 +27,31 @@ class CheckpointError(RuntimeError):
 
 
 def clone(obj: Any) -> Any:
-    """A deep copy with every tensor copied to the CPU."""
+    """A deep copy with every tensor copied to the CPU. Device tensors are copied without waiting
+    (into pinned memory) and waited for once at the end: one sync per snapshot, not one per tensor."""
+    devices: set[torch.device] = set()
+    out = _clone(obj, devices)
+    for d in devices:
+        torch.cuda.synchronize(d)
+    return out
+
+
+def _clone(obj: Any, devices: set) -> Any:
     if isinstance(obj, torch.Tensor):
+        if obj.device.type == "cuda":
+            devices.add(obj.device)
+            return obj.detach().to("cpu", copy=True, non_blocking=True)
         return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
-        return {k: clone(v) for k, v in obj.items()}
+        return {k: _clone(v, devices) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(clone(v) for v in obj)
+        if all(type(v) in _PLAIN for v in obj):  # a sentinel window or an RNG state: nothing to copy inside
+            return type(obj)(obj)
+        return type(obj)(_clone(v, devices) for v in obj)
     return obj
+
+
+_PLAIN = (int, float, bool, str, type(None))
 
 
 def rng_state() -> dict:
@@ -61,8 +78,8 @@ def capture(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: B
 
     `fields` are the engine's own: schedule, counters, hparams, lineage (plain values).
     """
-    return {"format": FORMAT, "model": clone(model.state_dict()), "optimizer": clone(optimizer.state_dict()),
-            "rng": rng_state(), "data": clone(batches.state()), **clone(fields)}
+    return clone({"format": FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "rng": rng_state(), "data": batches.state(), **fields})
 
 
 def restore(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, s: dict) -> None:
