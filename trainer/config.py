@@ -53,8 +53,8 @@ class RunConfig:
     sentinel_sigma: float = 6.0  # a value this many standard deviations above the window's mean is anomalous
     rollback_lr_factor: float = 0.5  # a rollback (and Recover's default) multiplies the checkpoint's lr by this
     instruments: bool = True  # the update ratio (and with it the sentinel's third series) and per-layer stats
-    ratio_every: int = 0  # steps between update-ratio measurements; 0 = auto: every step on CUDA (no sync
-    #                       there), every 10th on the CPU (a per-step copy of the weights costs ~3.5 % of spirals)
+    ratio_every: int = 0  # steps between update-ratio measurements; 0 = auto: every 10th (measured every
+    #                       step, the copy of the weights costs ~3.5 % of a CPU step, and memory bandwidth on a GPU)
     instrument_every: int = 50  # steps between per-layer instruments and activation stats; 0 = off
     precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast and a GradScaler, its state checkpointed)
     compile: bool = False  # torch.compile the model for training steps; checkpoints hold the plain state_dict

@@ -61,7 +61,9 @@ class Batches:
         try:
             perm = torch.randperm(self.n, generator=self.generator)
             # Tensor data is indexed where it lives: one copy per epoch, not a host-to-device copy per step.
-            return perm.to(self.device) if self.tensors is not None else perm
+            if self.tensors is None or self.device.type == "cpu":
+                return perm
+            return perm.pin_memory().to(self.device, non_blocking=True)  # no sync: the copy is queued
         except (RuntimeError, MemoryError) as e:  # torch's out-of-memory errors are RuntimeErrors
             raise ValueError(f"train_data: cannot shuffle the {self.n:,} items of an epoch: "
                              f"{_gib(self.n)} did not fit ({type(e).__name__}: {e})") from e

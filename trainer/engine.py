@@ -496,7 +496,7 @@ class Trainer(Controls):
             else:  # the scaler's step sets found_inf from the gradients (a non-finite loss has them too)
                 finite = torch.isfinite(loss)
             for b, k in zip(self._buffers, self._buffer_backup):
-                b.copy_(torch.where(finite, b, k))
+                torch.where(finite, b, k, out=b)  # one kernel a buffer
             return loss, gnorm
         return loss.item(), gnorm.item()
 

@@ -5,8 +5,9 @@ logbooks), at a cost the step does not notice.
   On the CPU it comes from NumPy views of the parameters: a concatenation before the update, and
   after it a concatenation, a subtraction and two dot products (about 10 us on spirals alone, where
   two torch foreach norms cost 60, but 35-50 us inside a training step: 3-4 % of a tiny model's
-  step, so the CPU measures every 10th step by default). On CUDA it is measured every step and stays
-  a device tensor until the read-back, like the loss.
+  step, so it is measured every 10th step by default). On CUDA it is three foreach passes over the
+  weights and stays a device tensor until the read-back, like the loss: every step, that is memory
+  bandwidth a GPU-sized model notices, so CUDA measures every 10th step too.
 - Every `every` steps: per layer, the gradient norm (before clipping), the update/weight ratio and
   the weight norm; and per activation layer the mean, std and the fraction of dead (never positive
   in the batch) or saturated units, from forward hooks registered for that one step.
@@ -53,7 +54,7 @@ class Instruments:
     def __init__(self, model: nn.Module, params: list[torch.Tensor], device: torch.device, every: int,
                  ratio_every: int = 0):
         self.model, self.params, self.device, self.every = model, params, device, every
-        self.ratio_every = ratio_every or (1 if device.type == "cuda" else 10)
+        self.ratio_every = ratio_every or 10
         named = {id(p): n for n, p in model.named_parameters()}
         mods = dict(model.named_modules())
         self.layers: list[str] = []
