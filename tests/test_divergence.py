@@ -146,6 +146,20 @@ def test_on_the_sync_free_path_a_nan_step_is_skipped_on_the_device_and_the_run_g
     assert [r["step"] for r in rows if r["update_ratio"] is not None] == list(range(10, 81, 10))  # CPU: every 10th
 
 
+def test_on_the_sync_free_path_the_skip_flag_belongs_to_its_step(make):
+    """The device flag that skipped the NaN step is that step's: a probe's side run starting right
+    after it trains (its first step changes the weights), not skipped by a stale flag."""
+    t = make(task=f"{PLUGINS / 'nan_at.py'}:make", **QUIET)
+    t.sync_free = True
+    run_to(t, 37)  # the 37th step is the NaN one: skipped on the device, the last step taken
+    before = [p.detach().clone() for p in t.model.parameters()]
+    x, y = (v[:32] for v in t.task.train_data.tensors)
+    t.task.loss(t.model(x), y).backward()
+    t.optimizer.step()  # what a side run's step does with the trainer's optimizer
+    t.optimizer.zero_grad()
+    assert any(not torch.equal(a, p) for a, p in zip(before, t.model.parameters()))
+
+
 @pytest.mark.parametrize("ratio_every", [1, 10])
 def test_the_update_ratio_is_the_norm_of_the_step_over_the_norm_of_the_weights(make, ratio_every):
     t = make(ratio_every=ratio_every, **QUIET)

@@ -169,6 +169,7 @@ class Trainer(Controls):
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self._buffers = [b for b in self.model.buffers()]
         self._buffer_backup = [b.clone() for b in self._buffers]
+        self._found, self._one = torch.zeros((), device=self.device), torch.ones((), device=self.device)
         self.n_train = len(self.task.train_data)
         self.hp = validate(HParams(), {**self.task.defaults, **(hparams or {})},
                            dataset_size=self.n_train, nesterov=cfg.nesterov)
@@ -451,6 +452,7 @@ class Trainer(Controls):
         float, or with `on_device` a device tensor until the read-back; None without a scaler."""
         if self.scaler is None:
             self.optimizer.step()
+            self.optimizer.found_inf = None  # this step's flag: a later step (a side run's) must not read it
             return None
         scale = self.scaler._get_scale_async()  # update() changes it in place
         scale = scale.clone() if on_device else scale.item()
@@ -490,9 +492,11 @@ class Trainer(Controls):
         as floats on the CPU path.
         """
         if self.sync_free:
-            if self.scaler is None:
-                finite = torch.isfinite(loss) & torch.isfinite(gnorm)
-                self.optimizer.found_inf = (~finite).float()
+            if self.scaler is None:  # one fused kernel sets the flag (and multiplies both by 1, exactly)
+                self._found.zero_()
+                torch._amp_foreach_non_finite_check_and_unscale_([loss, gnorm], self._found, self._one)
+                self.optimizer.found_inf = self._found
+                finite = self._found == 0 if self._buffers else None
             else:  # the scaler's step sets found_inf from the gradients (a non-finite loss has them too)
                 finite = torch.isfinite(loss)
             for b, k in zip(self._buffers, self._buffer_backup):

@@ -233,13 +233,16 @@ class Health:
         if not named:
             return None
         peaks = torch._foreach_norm([t for _, t in named], float("inf"))
-        return torch.isfinite(torch.stack([m.float().to(peaks[0].device) for m in peaks])).all().float()
+        if not self._uniform:  # one dtype and device for stack
+            peaks = [m.float().to(peaks[0].device) for m in peaks]
+        return torch.isfinite(torch.stack(peaks)).all().float()
 
     def _tensors(self) -> list[tuple[str, torch.Tensor]]:
         key = (id(self.optimizer.state), len(self.optimizer.state))
         if self._named is None or key != self._key:
             self._named = [(n, t) for n, t in state_tensors(self.model, self.optimizer) if t.numel()]
             self._key = key
+            self._uniform = len({(t.dtype, t.device) for _, t in self._named}) <= 1
         return self._named
 
     def bad(self) -> list[str]:
