@@ -455,9 +455,10 @@ def main() -> None:
     ap.add_argument("--all-tests", action="store_true", help="also the process tests (CLI, ctl, kill -9), "
                                                              "device-independent and slow")
     ap.add_argument("--budget", type=float, default=420, help="seconds for all steps together (default: 420)")
-    ap.add_argument("--steps", type=int, default=1000, help="timed steps per overhead measurement (default: 1000)")
-    ap.add_argument("--repeats", type=int, default=3, help="overhead processes per kind, fp32 (bf16, fp16: one "
-                                                           "fewer) (default: 3)")
+    # sized on an H200, where each process's start (import, CUDA context, data) costs more than its steps
+    ap.add_argument("--steps", type=int, default=500, help="timed steps per overhead measurement (default: 500)")
+    ap.add_argument("--repeats", type=int, default=2, help="overhead processes per kind, fp32 (bf16, fp16: one "
+                                                           "fewer) (default: 2)")
     ap.add_argument("--skip", nargs="*", default=[], help="steps to leave out, e.g. exactness 'engine tests'")
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     a = ap.parse_args()
