@@ -160,6 +160,27 @@ def test_on_the_sync_free_path_the_skip_flag_belongs_to_its_step(make):
     assert any(not torch.equal(a, p) for a, p in zip(before, t.model.parameters()))
 
 
+@pytest.mark.parametrize("sync_free", [False, True], ids=["cpu-path", "sync-free-path"])
+def test_a_skipped_nan_step_leaves_batchnorm_as_a_run_that_never_saw_the_batch(make, sync_free):
+    """The NaN forward wrote NaN into BatchNorm's running stats before the guard saw it: the skipped
+    step puts them back (on the device, without a sync, on the CUDA path), so the run equals one that
+    skipped the batch, buffers included."""
+    task = f"{PLUGINS / 'nan_at.py'}:make_bn"
+    t = make("t", task=task, **QUIET)
+    t.sync_free = sync_free
+    run_to(t, 60)
+    assert t.status().skipped == 1
+    ref = make("ref", task=task, **QUIET)
+    run_to(ref, 36)
+    assert ref.restore(ref.save_checkpoint().wait().value, skip_batches=1).wait().ok
+    ref.model.calls = 37  # its NaN forward went with the batch
+    run_to(ref, 59 if sync_free else 60)  # the sync-free path counts the skipped step as a step
+    mine, theirs = t.model.state_dict(), ref.model.state_dict()
+    assert set(mine) == set(theirs) and {"bn.running_mean", "bn.num_batches_tracked"} <= set(mine)
+    for k in mine:
+        assert torch.equal(mine[k], theirs[k]), k
+
+
 @pytest.mark.parametrize("ratio_every", [1, 10])
 def test_the_update_ratio_is_the_norm_of_the_step_over_the_norm_of_the_weights(make, ratio_every):
     t = make(ratio_every=ratio_every, **QUIET)
