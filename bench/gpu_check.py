@@ -122,7 +122,8 @@ def exactness(device: str, smoke: bool) -> dict:
 
 
 def nan_guard(device: str, smoke: bool) -> dict:
-    """A NaN loss planted at step 37 (tests/plugins/nan_at.py) is skipped and recorded, at each precision;
+    """A NaN planted at step 37 before a BatchNorm (tests/plugins/nan_at.py:make_bn) is skipped and
+    recorded at each precision, and the weights and running stats stay finite;
     lr 10^6 on spirals stops the run and leaves no checkpoint with NaN or inf in it."""
     from conftest import PLUGINS, run_to
     from trainer.snapshot import load_file
@@ -131,7 +132,7 @@ def nan_guard(device: str, smoke: bool) -> dict:
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         for p in PRECISIONS:
-            t = _trainer(root, f"nan-{p}", task=f"{PLUGINS / 'nan_at.py'}:make", device=device, precision=p,
+            t = _trainer(root, f"nan-{p}", task=f"{PLUGINS / 'nan_at.py'}:make_bn", device=device, precision=p,
                          ckpt_every=0, eval_every=0, eval_at_epoch_end=False)
             try:
                 run_to(t, 80)
