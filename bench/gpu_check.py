@@ -287,14 +287,7 @@ def anatomy(device: str, smoke: bool) -> dict:
                 t = _trainer(Path(d), f"{name}-{v}".replace(" ", "_"), task=spec, device=device, eval_every=0,
                              eval_at_epoch_end=False, **{"instrument_every": 50, **kw})
                 try:
-                    t.set_max_steps(warm).wait()
-                    t.start().wait()
-                    t.wait()
-                    t.set_max_steps(warm + n).wait()
-                    t0 = time.perf_counter()
-                    t.start()
-                    t.wait()
-                    row[v] = (time.perf_counter() - t0) / n * 1e6
+                    row[v] = 1e6 / overhead.timed_steps(t, warm, n)
                     if v == "trainer":  # the same steps, called from here: no thread, same journal
                         t.state = "running"
                         if dev.type == "cuda":

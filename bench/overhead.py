@@ -114,6 +114,18 @@ def bare_loop(task_name: str, steps: int, device: torch.device, kind: str = "bar
     return steps / (time.perf_counter() - t0)
 
 
+def timed_steps(t: Trainer, warm: int, steps: int) -> float:
+    """Train t to step `warm` untimed, then time the next `steps` (final checkpoint included): steps/s."""
+    t.set_max_steps(warm).wait()
+    t.start().wait()
+    t.wait()
+    t.set_max_steps(warm + steps).wait()
+    t0 = time.perf_counter()
+    t.start()
+    t.wait()
+    return steps / (time.perf_counter() - t0)
+
+
 def trainer_run(task_name: str, steps: int, device: str, root: str, seed: int = 0, warm: int = 200,
                 instruments: bool = True, precision: str = "fp32") -> float:
     """Train `warm` steps (allocator, kernels, lazy imports), then time the next `steps` on the same thread.
@@ -123,13 +135,7 @@ def trainer_run(task_name: str, steps: int, device: str, root: str, seed: int = 
                     device=device, eval_every=0, eval_at_epoch_end=False, instruments=instruments,
                     instrument_every=50 if instruments else 0, precision=precision)
     t = Trainer.create(cfg)
-    t.start().wait()
-    t.wait()
-    t.set_max_steps(warm + steps).wait()
-    t0 = time.perf_counter()
-    t.start()
-    t.wait()
-    rate = steps / (time.perf_counter() - t0)
+    rate = timed_steps(t, warm, steps)
     st = t.status()
     assert st.step == warm + steps and st.state == "done", (st.step, st.state, st.error)
     t.close()
