@@ -10,6 +10,7 @@ import re
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -92,16 +93,17 @@ def laptop(server, request):
     yield from browser_page(request, {"width": 1366, "height": 768})
 
 
-def plot(page, index=0):
-    return page.evaluate("""i => {
+def plot(page, index=0, tail=3):
+    """The index-th plotly chart's traces: name, point count, last x and the last `tail` y values."""
+    return page.evaluate("""([i, tail]) => {
         const el = document.querySelectorAll('.js-plotly-plot')[i];
         if (!el || !el.data) return null;
         // _fullData holds the arrays decoded (plotly sends NumPy data as base64)
         return {data: (el._fullData || el.data).map(t => ({name: t.name, n: (t.x || []).length,
                                                          last: (t.x || [])[(t.x || []).length - 1],
-                                                         y: Array.from(t.y || []).slice(-3)})),
+                                                         y: Array.from(t.y || []).slice(-tail)})),
                 annotations: ((el.layout || {}).annotations || []).map(a => a.text)};
-    }""", index)
+    }""", [index, tail])
 
 
 def wait_for(fn, what, timeout=45):
@@ -464,9 +466,10 @@ def test_diverge_then_recover_in_one_click(tmp_path, bare_page):
             assert s.step == 300 and s.hparams.lr == 0.05
             page.get_by_role("button", name="Resume", exact=True).click()
             wait_for(lambda: c.status().step > 500, "training to go on from the checkpoint", timeout=60)
-            fig = wait_for(lambda: (f := plot(page)) and (t := trace(f, "train loss")) and t["last"] > 450 and f,
+            fig = wait_for(lambda: (f := plot(page, tail=100)) and (t := trace(f, "train loss")) and t["last"] > 450 and f,
                            "the curve to come back")
-            assert max(trace(fig, "train loss")["y"]) < 0.5, trace(fig, "train loss")
+            # the level, not one minibatch: this lineage has a deterministic 0.77 spike at step 528
+            assert statistics.median(trace(fig, "train loss")["y"]) < 0.3, trace(fig, "train loss")
             assert trace(fig, "abandoned branch")  # the blown-up path, kept and faded
             con = sqlite3.connect(d / "journal.sqlite")
             restore = con.execute("SELECT data FROM events WHERE kind = 'restore'").fetchone()
