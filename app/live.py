@@ -146,6 +146,7 @@ def _on_pick(event) -> None:
     if picked[0] == ss.get("_seen_pick"):
         return
     ss["_seen_pick"] = ss["restore_id"] = picked[0]
+    ss["main_tab"] = "Checkpoints"  # the Restore form is drawn only in its open tab: open it
     ss.setdefault("_flash", []).append(("ok", f"Checkpoint #{picked[0]} picked: Restore it in the Checkpoints tab."))
     st.rerun(scope="app")
 

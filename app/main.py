@@ -53,17 +53,16 @@ def main(args: dict) -> None:
     every = run_every()
     live_view(every)
     chart_options()
-    tab_ckpt, tab_probe, tab_anom, tab_diag, tab_events = st.tabs(["Checkpoints", "Probe", "Anomalies",
-                                                                   "Diagnostics", "Events"])
+    # Only the open tab is drawn: a hidden tab's charts would still be built by plotly in the browser
+    # and re-sent on every tick (Diagnostics alone has eight). Picking a tab reruns the page.
     slow = every and every * 5  # the tables change more slowly than the curve
-    with tab_ckpt:
-        st.fragment(run_every=slow)(checkpoint_table)()
-        st.fragment(run_every=slow)(restore_panel)()  # lists checkpoints saved after the page was drawn
-    with tab_probe:  # its progress bar follows the probe every second
-        st.fragment(run_every=every)(probe_panel)()
-    with tab_anom:
-        st.fragment(run_every=slow)(anomalies_panel)()
-    with tab_diag:
-        st.fragment(run_every=slow)(diagnostics_view)()
-    with tab_events:
-        st.fragment(run_every=slow)(event_log)()
+    panels = {"Checkpoints": [(checkpoint_table, slow), (restore_panel, slow)],  # a fragment: lists new checkpoints
+              "Probe": [(probe_panel, every)],  # its progress bar follows the probe every second
+              "Anomalies": [(anomalies_panel, slow)],
+              "Diagnostics": [(diagnostics_view, slow)],
+              "Events": [(event_log, slow)]}
+    for tab, fragments in zip(st.tabs(list(panels), key="main_tab", on_change="rerun"), panels.values()):
+        if tab.open:
+            with tab:
+                for draw, pace in fragments:
+                    st.fragment(run_every=pace)(draw)()

@@ -1,10 +1,11 @@
 """Do open dashboard tabs slow training? A CLI run of spirals pinned to one core, the real dashboard
 attached to it and headless Chromium pinned to another, and the run's steps/s over equal windows
 with 0, 1, 3 and again 0 tabs open (interleaved, repeated), plus each tab's websocket traffic and the
-load time of a new tab while the run trains. Headless pages are all visible, so each tab draws as a
-foreground tab does. The last line is the summary.
+load time of a new tab while the run trains, against the floor: the smallest Streamlit page with a
+plotly chart (bench/floor_app.py), loaded alternately in the same run. Headless pages are all
+visible, so each tab draws as a foreground tab does. The last line is the summary.
 
-    python bench/ui_contention.py [--window 20] [--repeats 1] [--settle 3]
+    python bench/ui_contention.py [--window 20] [--repeats 1] [--settle 3] [--loads 5]
 """
 from __future__ import annotations
 
@@ -134,6 +135,29 @@ def windows(ctx, url: str, db: Path, trainer: subprocess.Popen, ui_core: int, a)
     return rows, loads
 
 
+def serve(args: list[str], log) -> tuple[str, subprocess.Popen]:
+    """`streamlit run *args` on a free port, headless; (url, process) once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", *args[:1], "--server.headless", "true",
+                             "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
+                             "--server.port", str(port), *args[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    wait_healthy(url, proc, Path(log.name))
+    return url, proc
+
+
+def loads_vs_floor(ctx, url: str, floor_url: str, n: int) -> tuple[list[float], list[float]]:
+    """A new tab with no other tab open, n times, alternating Panda's page and the one-chart floor
+    page (bench/floor_app.py) so both see the same machine: (Panda's load times, the floor's)."""
+    ours, floor = [], []
+    for _ in range(n):
+        for u, out in ((url, ours), (floor_url, floor)):
+            page, dt = open_tab(ctx, u, [])
+            page.close()
+            out.append(dt)
+    return ours, floor
+
+
 def stop(streamlit: subprocess.Popen | None, trainer: subprocess.Popen, run_dir: Path) -> None:
     if streamlit is not None and streamlit.poll() is None:
         streamlit.terminate()
@@ -153,7 +177,8 @@ def stop(streamlit: subprocess.Popen | None, trainer: subprocess.Popen, run_dir:
             trainer.wait()
 
 
-def report(rows: list[tuple], loads: list[float], first_load: float, repeats: int) -> None:
+def report(rows: list[tuple], loads: list[float], first_load: float, repeats: int,
+           alone: list[float], floor: list[float]) -> None:
     # Each tab window against the no-tab rate interpolated, at its position, between the two no-tab
     # windows of its repeat: this cancels a linear drift of the machine's speed.
     ratios = {1: [], 3: []}
@@ -170,17 +195,21 @@ def report(rows: list[tuple], loads: list[float], first_load: float, repeats: in
         print(f"{tabs:>4} {statistics.median(x[2] for x in sel):>17.1f} {ratio:>11} {ws:>16} "
               f"{statistics.median(x[4] for x in sel):>13.0%}")
     ws_all = statistics.mean(x[3] for x in rows if x[1])
-    print(f"new-tab load while training: median {statistics.median(loads):.2f} s, max {max(loads):.2f} s "
-          f"({len(loads)} tabs); first load on a fresh server {first_load:.2f} s")
+    print(f"new-tab load while training, other tabs open: median {statistics.median(loads):.2f} s, "
+          f"max {max(loads):.2f} s ({len(loads)} tabs); first load on a fresh server {first_load:.2f} s")
+    load, low = statistics.median(alone), statistics.median(floor)
+    print(f"new-tab load while training, no other tab: median {load:.2f} s; the one-chart floor page "
+          f"{low:.2f} s ({len(alone)} each, alternated): {load / low:.2f}x the floor")
     print(f"ui_contention: 1 tab {statistics.median(ratios[1]):.2f}x, 3 tabs {statistics.median(ratios[3]):.2f}x "
           f"of no tabs (target 3 tabs >= 0.95); ws {ws_all:.1f} kB/s per tab (target <= 25); "
-          f"page load {statistics.median(loads):.1f} s (target < 2)")
+          f"page load {load:.1f} s (target < 2; floor {low:.1f} s, {load / low:.2f}x)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=float, default=20, help="seconds per measured window (default: 20)")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of 0, 1, 3, 0 tabs (default: 1)")
+    ap.add_argument("--loads", type=int, default=5, help="new-tab loads of each page against the floor (default: 5)")
     ap.add_argument("--settle", type=float, default=3, help="seconds after opening or closing tabs (default: 3)")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the cleanup below runs
@@ -188,7 +217,8 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     pin = ["taskset", "-c", str(cores[0])] if len(cores) >= 2 else []
     with tempfile.TemporaryDirectory() as tmp, open(f"{tmp}/trainer.log", "wb") as tlog, \
-            open(f"{tmp}/streamlit.log", "wb") as slog:
+            open(f"{tmp}/streamlit.log", "wb") as slog, \
+            open(f"{tmp}/floor.log", "wb") as flog:
         d = Path(tmp) / "run"
         db = d / "journal.sqlite"
         trainer = subprocess.Popen([*pin, sys.executable, "-m", "trainer", "run", "--task", "spirals", "--run-dir",
@@ -199,30 +229,29 @@ def main() -> None:
             print(f"trainer on core {cores[0]}; dashboard, Chromium and this bench on core {cores[1]}")
         else:
             print("only one core available: nothing pinned, the trainer and the UI share it")
-        streamlit = None
+        streamlit = floor_server = None
         try:
             while not (db.exists() and step_at(db, time.time()) >= 300):  # past start-up and the first evals
                 if trainer.poll() is not None:
                     sys.exit(f"the trainer exited with code {trainer.returncode}:\n" + Path(tlog.name).read_text())
                 time.sleep(0.2)
-            port = free_port()
-            url = f"http://localhost:{port}"
-            streamlit = subprocess.Popen(
-                [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-                 "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false", "--server.port",
-                 str(port), "--", "--run-dir", str(d)], cwd=ROOT, stdout=slog, stderr=subprocess.STDOUT)
-            wait_healthy(url, streamlit, Path(slog.name))
+            url, streamlit = serve(["streamlit_app.py", "--", "--run-dir", str(d)], slog)
+            floor_url, floor_server = serve([str(ROOT / "bench" / "floor_app.py")], flog)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM,
                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
                 ctx = browser.new_context(viewport={"width": 1440, "height": 1000})  # tabs of one window
                 page, first_load = open_tab(ctx, url, [])  # the first script run imports the app: not a tab's cost
                 page.close()
+                open_tab(ctx, floor_url, [])[0].close()  # the same for the floor
                 rows, loads = windows(ctx, url, db, trainer, cores[1] if pin else cores[0], a)
+                alone, floor = loads_vs_floor(ctx, url, floor_url, a.loads)
                 browser.close()
         finally:
+            if floor_server is not None:
+                floor_server.kill()
             stop(streamlit, trainer, d)
-    report(rows, loads, first_load, a.repeats)
+    report(rows, loads, first_load, a.repeats, alone, floor)
 
 
 if __name__ == "__main__":

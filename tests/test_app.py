@@ -77,6 +77,12 @@ def errors(at):
     return [e.value for e in at.error]
 
 
+def open_tab(at, label):
+    """Pick one of the page's tabs, as a click does: only the open tab is drawn."""
+    at.session_state["main_tab"] = label
+    return at.run()
+
+
 def test_page_renders_with_spirals_ready(app):
     at = app()
     assert not at.exception
@@ -85,6 +91,21 @@ def test_page_renders_with_spirals_ready(app):
     assert not at.button(key="btn_start").disabled and at.button(key="btn_pause").disabled
     assert any("No steps yet" in i.value for i in at.info)
     assert at.number_input(key="hp_lr").value == 0.1 and slider(at, "Learning rate, log₁₀").value == -1.0
+
+
+def test_only_the_open_tab_is_drawn(app):
+    """Hidden tabs cost nothing: their charts would be built in the browser and re-sent every tick."""
+    at = app()
+    t = shown(at)
+    run_to(t, 30)
+    at.run()
+    keys = lambda: {c.key for c in at.get("plotly_chart")}  # noqa: E731
+    assert not at.exception and "loss_chart" in keys() and not {k for k in keys() if k.startswith("diag_")}
+    assert at.selectbox(key="restore_id")  # the Checkpoints tab, open by default
+    open_tab(at, "Diagnostics")
+    assert not at.exception and {"loss_chart", "diag_grad"} <= keys()
+    with pytest.raises(KeyError):
+        at.selectbox(key="restore_id")
 
 
 def test_start_pause_resume_stop_drive_the_engine(app):
@@ -350,7 +371,7 @@ def test_the_anomalies_tab_lists_each_anomaly_with_recover_and_sets_the_policy_l
     run_to(t, 20)
     assert t.save_checkpoint().wait().ok  # something to recover to
     run_to(t, 60)  # the poisoned batch comes at step 37: skipped by the default policy
-    at.run()
+    open_tab(at, "Anomalies")
     assert not at.exception
     pick = at.selectbox(key="anomaly_pick")
     assert pick.value == 37 and "skip step" in pick.format_func(37)
@@ -378,7 +399,7 @@ def test_quadratic_shows_w_and_its_cost_live_and_the_probe_tab_its_result(app, t
     while not t.reader().events(kinds=("probe",)):
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    at.run()
+    open_tab(at, "Probe")
     table = next(d.value for d in at.dataframe if "rank" in d.value.columns)
     assert not at.exception and list(table["rank"]) == [1, 2, 3]
     assert any(c.value.startswith("probe of 3 settings x 20 steps from step 300") for c in at.caption)

@@ -133,6 +133,7 @@ def app(tmp_path, monkeypatch):
     def make(run_dir):
         at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
         at.session_state["_args"] = {"run_dir": str(run_dir)}
+        at.session_state["main_tab"] = "Diagnostics"  # only the open tab is drawn
         return at.run()
 
     yield make
