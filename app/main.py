@@ -56,7 +56,7 @@ def main(args: dict) -> None:
     # Only the open tab is drawn: a hidden tab's charts would still be built by plotly in the browser
     # and re-sent on every tick (Diagnostics alone has eight). Picking a tab reruns the page.
     slow = every and every * 5  # the tables change more slowly than the curve
-    panels = {"Checkpoints": [(checkpoint_table, slow), (restore_panel, slow)],  # a fragment: lists new checkpoints
+    panels = {"Checkpoints": [(checkpoint_table, slow), (restore_panel, slow)],
               "Probe": [(probe_panel, every)],  # its progress bar follows the probe every second
               "Anomalies": [(anomalies_panel, slow)],
               "Diagnostics": [(diagnostics_view, slow)],
