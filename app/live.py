@@ -1,4 +1,4 @@
-"""The live view: refreshed about once a second by fragments, without rerunning the page."""
+"""The live view: refreshed every one or two seconds by fragments, without rerunning the page."""
 from __future__ import annotations
 
 import time
@@ -14,6 +14,9 @@ from .common import DETACHED, fmt, follow_live, reader, status
 
 TICK = 1.0
 SIDE_EVERY = 5  # the side charts refresh every fifth tick (evaluations are less frequent than steps)
+# The loss chart redraws at most every 2 s: each redraw is ~17 kB of websocket and ~250 ms of plotly
+# in a browser on a slow core. The metrics row above it keeps the one-second tick.
+CHART_S = 2.0
 
 
 def loss_chart_data(run_dir: str, branch: int, *, zoom: tuple[int, int] | None = None,
@@ -89,7 +92,7 @@ def live_header() -> None:
 
 
 def loss_chart() -> None:
-    """The loss curve with its markers and hyperparameter timeline, once a second while training.
+    """The loss curve with its markers and hyperparameter timeline, every two seconds while training.
     A box drawn on it zooms to that range at full resolution."""
     s = status()
     ss = st.session_state
@@ -193,15 +196,16 @@ def live_view(every: float) -> None:
     """The live part of the page: fragments, so each redraws only what it shows, at its pace."""
     st.fragment(run_every=every)(live_header)()
     s = status()
+    chart_every = every and max(every, CHART_S)
     if s.run.has_grid or s.run.metrics:
         left, right = st.columns([2.3, 1])
         with left:
-            st.fragment(run_every=every)(loss_chart)()
+            st.fragment(run_every=chart_every)(loss_chart)()
             st.fragment(run_every=SIDE_EVERY * every)(shown_values)()
         with right:
             st.fragment(run_every=SIDE_EVERY * every)(side_charts)()
     else:
-        st.fragment(run_every=every)(loss_chart)()
+        st.fragment(run_every=chart_every)(loss_chart)()
         st.fragment(run_every=SIDE_EVERY * every)(shown_values)()
 
 
