@@ -135,12 +135,13 @@ def windows(ctx, url: str, db: Path, trainer: subprocess.Popen, ui_core: int, a)
     return rows, loads
 
 
-def serve(args: list[str], log) -> tuple[str, subprocess.Popen]:
-    """`streamlit run *args` on a free port, headless; (url, process) once it answers."""
+def serve(script: str, log, *script_args: str) -> tuple[str, subprocess.Popen]:
+    """`streamlit run script -- *script_args` on a free port, headless; (url, process) once it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", *args[:1], "--server.headless", "true",
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true",
                              "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false",
-                             "--server.port", str(port), *args[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                             "--server.port", str(port), "--", *script_args], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT)
     url = f"http://localhost:{port}"
     wait_healthy(url, proc, Path(log.name))
     return url, proc
@@ -235,8 +236,8 @@ def main() -> None:
                 if trainer.poll() is not None:
                     sys.exit(f"the trainer exited with code {trainer.returncode}:\n" + Path(tlog.name).read_text())
                 time.sleep(0.2)
-            url, streamlit = serve(["streamlit_app.py", "--", "--run-dir", str(d)], slog)
-            floor_url, floor_server = serve([str(ROOT / "bench" / "floor_app.py")], flog)
+            url, streamlit = serve("streamlit_app.py", slog, "--run-dir", str(d))
+            floor_url, floor_server = serve(str(ROOT / "bench" / "floor_app.py"), flog)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM,
                                             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
