@@ -297,6 +297,23 @@ def _cmd_resume(a) -> None:
     _train(t, a)
 
 
+def _rank() -> int:
+    """This process's rank in a torchrun job (0 without one)."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+
+
+def _cmd_follow() -> int:
+    """A rank > 0 of `torchrun ... -m trainer run|resume`: rank 0 serves the run; this rank trains its
+    slice of each batch, as rank 0 orders, until rank 0 closes the run."""
+    from .engine import Trainer
+
+    t = Trainer.follow()
+    t.join()
+    return 1 if t.group is None or t.group.lost else 0
+
+
 def _cmd_ctl(a) -> int:
     """One command to the process that trains a run; exit 0 applied, 1 rejected, 2 no trainer, 3 no answer."""
     from .client import NoTrainerError, RunClient
@@ -550,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     from .tasks import TaskError
 
     try:
+        if a.cmd in ("run", "resume") and _rank() > 0:
+            return _cmd_follow()
         if a.cmd in ("probe", "lr-find"):
             return _cmd_probe(a)
         {"run": _cmd_run, "resume": _cmd_resume, "checkpoints": _cmd_checkpoints, "export": _cmd_export,

@@ -96,7 +96,8 @@ def offline_status(run_dir: Path | str) -> Status:
                   ckpt_every=int(cfg.get("ckpt_every", 0)), metrics=tuple(info.get("metrics", ())),
                   has_grid=False, points=None,  # the decision-boundary picture needs the live model
                   classes=info.get("classes"), precision=cfg.get("precision", "fp32"),
-                  compiled=bool(cfg.get("compile")))
+                  compiled=bool(cfg.get("compile")), world_size=int(info.get("world_size", 1)),
+                  backend=info.get("backend"))
     return Status(state=state, error=error, step=row["step"] if row else 0, epoch=int(epoch),
                   epoch_progress=epoch - int(epoch), steps_per_epoch=int(info.get("steps_per_epoch", 0)),
                   branch=branch, hparams=hp, effective_lr=row["lr"] if row else hp.lr,
@@ -269,8 +270,10 @@ class RunClient(Controls):
 def _status(d: dict[str, Any], grid: Grid | None, points) -> Status:
     """A Status from Status.to_dict() plus the grid and points, which travel apart."""
     run = {**d["run"], "metrics": tuple(d["run"]["metrics"]), "points": points}
-    plain = {k: v for k, v in d.items() if k not in ("hparams", "eval", "accepts", "run", "anomaly", "sentinel", "probe")}
+    plain = {k: v for k, v in d.items()
+             if k not in ("hparams", "eval", "accepts", "run", "anomaly", "sentinel", "probe", "ranks")}
     return Status(**plain, hparams=HParams(**d["hparams"]), eval=frozen_map(d["eval"]), grid=grid,
+                  ranks=tuple(frozen_map(r) for r in d.get("ranks", ())),
                   accepts=frozenset(d["accepts"]), run=RunInfo(**run), anomaly=frozen_map(d.get("anomaly")),
                   sentinel=frozen_map(d.get("sentinel")), probe=_probe(d.get("probe")))
 

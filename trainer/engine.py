@@ -11,8 +11,10 @@ import dataclasses
 import inspect
 import json
 import math
+import os
 import random
 import shutil
+import sys
 import threading
 import time
 import traceback
@@ -22,11 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import probe, snapshot
+from . import dist, probe, snapshot
 from .checkpoints import CheckpointStore
 from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Controls, Result
 from .config import ConfigError, RunConfig
 from .data import Batches, all_batches
+from .dist import Aborted, Group, PeerLost
 from .probe import Plan, ProbeError
 from .hparams import HParamError, HParams, decayed_lr, to_dict, validate
 from .instruments import Health, Instruments, memory_bytes
@@ -46,6 +49,14 @@ AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_OVERFLOWS = 40  # fp16 steps in a row the scaler may skip: 65536 / 2^40 is below fp16's smallest number
 
 
+class _Quiet:
+    """A follower's journal: rank 0 writes the run's; a follower's records go nowhere."""
+    error = None
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
 class Diverged(RuntimeError):
     pass
 
@@ -56,9 +67,11 @@ class RunExistsError(RuntimeError):
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device: {name} requested but CUDA is not available")
+    if name == "cuda" and dist.launched():  # torchrun: one device per local rank
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 
@@ -95,18 +108,33 @@ class Trainer(Controls):
     `reader()`; everything else is the training thread's."""
 
     def __init__(self, config: RunConfig, hparams: dict[str, Any] | None = None, *, task: Task | None = None,
-                 _new: bool = False):
+                 _new: bool = False, _follower: bool = False):
         self.cfg = config
         self.run_dir = Path(config.run_dir)
-        self.device = resolve_device(config.device)
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise RunExistsError(f"run directory {self.run_dir} is a file, not a directory")
-        created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = RunLock(self.run_dir)  # before anything is read or written there
-        if _new and (self.run_dir / "journal.sqlite").exists():
-            self._lock.release()
-            raise RunExistsError(f"run directory {config.run_dir} already holds a run; resume it instead")
+        # Under torchrun, rank 0 owns the run; the other ranks follow it and never touch its directory.
+        self.follower = _follower
+        self.group: Group | None = None
+        self._sync_due = True  # every rank meets rank 0 before its next step (a sync round)
+        self._jumped = True  # the weights changed under rank 0's hand: the next orders carry a snapshot
+        self._jump_ranks: list | None = None  # the other ranks' RNG states that go with that snapshot
+        self._peer_rngs: list | None = None  # the other ranks' RNG states now, as far as rank 0 knows
+        self._in_round = False
+        self._local_error: str | None = None
+        self._rank_acc = None  # DDP: per-rank busy seconds and memory since the last read-back
+        self.ranks: tuple = ()
+        created = False
+        if _follower:
+            self.device, self._lock = torch.device("cpu"), None
+        else:
+            self.device = resolve_device(config.device)
+            if self.run_dir.exists() and not self.run_dir.is_dir():
+                raise RunExistsError(f"run directory {self.run_dir} is a file, not a directory")
+            created = not self.run_dir.exists()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.run_dir)  # before anything is read or written there
+            if _new and (self.run_dir / "journal.sqlite").exists():
+                self._lock.release()
+                raise RunExistsError(f"run directory {config.run_dir} already holds a run; resume it instead")
         self.step, self.samples, self.train_time = 0, 0, 0.0
         self.lr_set_epoch = 0
         self.best_val: float | None = None
@@ -150,12 +178,15 @@ class Trainer(Controls):
         self._built.wait()
         if self._build_error is not None:
             self._thread.join()
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
             if created:  # bad input leaves nothing behind
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise self._build_error
 
     def _build(self, hparams: dict[str, Any] | None, task: Task | None) -> None:
+        if dist.launched():
+            self._join_group()
         cfg = self.cfg
         if cfg.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True)
@@ -165,6 +196,9 @@ class Trainer(Controls):
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
         self.task = task or load_task(cfg.task, seed=cfg.seed)
+        if self.follower:  # its own streams (dropout); its model is rank 0's from the first sync on
+            torch.manual_seed(cfg.seed * 1_000_003 + self.group.rank)
+            random.seed(cfg.seed * 1_000_003 + self.group.rank)
         self.model = self.task.model.to(self.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self._buffers = [b for b in self.model.buffers()]
@@ -173,6 +207,9 @@ class Trainer(Controls):
         self.n_train = len(self.task.train_data)
         self.hp = validate(HParams(), {**self.task.defaults, **(hparams or {})},
                            dataset_size=self.n_train, nesterov=cfg.nesterov)
+        err = None if self.follower else self._fits_world(self.hp)  # (a follower takes rank 0's)
+        if err:
+            raise HParamError("batch_size", err.removeprefix("batch_size: "))
         # On CUDA the divergence guard must not sync every step: fused optimizers skip a step
         # whose found_inf flag is set on the device, and losses are read back in batches.
         # Fused kernels are used on the CPU too: they are faster there as well.
@@ -192,14 +229,22 @@ class Trainer(Controls):
         self.instruments = (Instruments(self.model, self.params, self.device, cfg.instrument_every, cfg.ratio_every)
                             if cfg.instruments else None)
         self.health = Health(self.model, self.optimizer)
-        self.journal = Journal(self.run_dir / "journal.sqlite")
-        self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
+        if self.follower:
+            self.journal, self.store = _Quiet(), None
+        else:
+            self.journal = Journal(self.run_dir / "journal.sqlite")
+            self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
+        if self.group is not None:
+            self._float_buffers = [b for b in self._buffers if b.is_floating_point()]
+            self._numel = sum(p.numel() for p in self.params) + sum(b.numel() for b in self._float_buffers) + 1
         self.info = RunInfo(run_dir=str(self.run_dir), task=cfg.task, task_name=self.task.name,
                             optimizer=cfg.optimizer, nesterov=cfg.nesterov, device=str(self.device),
                             precision=cfg.precision, compiled=cfg.compile,
                             n_train=self.n_train, ckpt_every=cfg.ckpt_every, metrics=tuple(self.task.metrics),
                             has_grid=self.task.grid is not None, points=_points(self.task),
-                            classes=_classes(self.task, self.model, self.device))
+                            classes=_classes(self.task, self.model, self.device),
+                            world_size=self.group.world if self.group else 1,
+                            backend=("nccl" if self.device.type == "cuda" else "gloo") if self.group else None)
         self.journal.start_writer()
         self._publish()
 
@@ -212,12 +257,14 @@ class Trainer(Controls):
         finally:
             self._built.set()
         try:
-            self._loop()
+            self._follow() if self.follower else self._loop()
         finally:
             with self._cond:  # nothing sent from now on is lost: it is answered at once
                 self._accepting = False
                 self._reject_queued("the trainer is closed")
                 self._cond.notify_all()
+            if self.group is not None:
+                self.group.close()
 
     # --- construction ---------------------------------------------------------------------------
     @classmethod
@@ -230,6 +277,7 @@ class Trainer(Controls):
         t.journal.add_branch(0, None, 0, "start", None)
         t.journal.event(0, 0, "create", f"new run: task {config.task}, optimizer {config.optimizer}",
                         {"hparams": to_dict(t.hp)})
+        t._announce_group()
         t.journal.flush()
         return t
 
@@ -256,6 +304,40 @@ class Trainer(Controls):
             t.close()
             raise CheckpointError(res.message)
         return t
+
+    @classmethod
+    def follow(cls) -> "Trainer":
+        """A rank > 0 of a torchrun job: it takes rank 0's settings and orders and trains its slice of
+        every batch. It ends when rank 0 closes the run (or is lost)."""
+        return cls(RunConfig(), _follower=True)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the training thread to end (a follower: rank 0 closed the run); False on timeout."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _join_group(self) -> None:
+        """torchrun: join the job. Rank 0's settings are everyone's (a follower was given none)."""
+        self.group = Group()
+        if (self.group.rank > 0) != self.follower:
+            raise RuntimeError(f"rank {self.group.rank}: rank 0 serves the run (Trainer.create/open), the other "
+                               "ranks follow it (Trainer.follow)")
+        cfg = self.group.broadcast(None if self.follower else self.cfg.to_dict())
+        if self.follower:
+            self.cfg = RunConfig.from_dict(cfg)
+            self.device = resolve_device(self.cfg.device)
+        if self.cfg.precision == "fp16":
+            raise ConfigError("precision fp16 is not available in a data-parallel run yet (each rank's loss "
+                              "scaler would judge overflow on its own gradients): use fp32 or bf16")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def _fits_world(self, hp: HParams) -> str | None:
+        """A global batch splits evenly across the ranks, or it is refused (raised at build)."""
+        if self.group is None or hp.batch_size % self.group.world == 0:
+            return None
+        return (f"batch_size: {hp.batch_size} does not split across {self.group.world} ranks; the batch size is "
+                f"the global batch, so it must be a multiple of {self.group.world}")
 
     def _run_info(self) -> dict:
         """What a reader shows of a run no process serves (client.offline_status)."""
@@ -301,6 +383,9 @@ class Trainer(Controls):
 
         Idempotent and safe from several threads at once. Raises JournalError if the last writes fail.
         """
+        if self.follower:  # it ends when rank 0 closes the run
+            self._thread.join()
+            return
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._submit("close", {}).wait(None)  # answered at once when another close came first
             self._thread.join()
@@ -321,20 +406,25 @@ class Trainer(Controls):
                 except Exception as e:  # a side run's crash ends the probe; the main run is put back
                     self._end_probe(error=f"{type(e).__name__}: {e}")
                 continue
-            if self.cfg.max_steps and self.step >= self.cfg.max_steps:
-                self._finish("done", f"reached the step limit {self.cfg.max_steps}")
-                self._publish()
-                continue
             try:
+                if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+                    self._finish("done", f"reached the step limit {self.cfg.max_steps}")
+                    self._publish()
+                    continue
                 self._train_step()
-            except Diverged as e:
+            except Aborted:  # another rank gave the step up: it was undone here too; meet at a sync
+                self._sync_due = True
+            except PeerLost as e:
+                self._lose(e)
+            except Diverged as e:  # (every rank finds the same state unsound)
                 self._fail(str(e))
+                self._sync_due = True
             except Exception as e:  # a crashing user model pauses the run; it never kills the thread
                 self._fail(f"{type(e).__name__}: {e}", traceback.format_exc(limit=-4))
 
     def _train_step(self) -> None:
         hp, model, ins = self.hp, self.model, self.instruments
-        t0 = time.perf_counter()
+        t0 = self._t_step = time.perf_counter()
         lr = decayed_lr(hp, self.batches.epoch - self.lr_set_epoch, self.step + 1)
         if self._written is None or hp is not self._written[0] or lr != self._written[1]:
             # nanoGPT's way: the live values go into param_groups (every change makes a new HParams)
@@ -345,6 +435,10 @@ class Trainer(Controls):
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         try:
             (x, y), epoch_ended = self.batches.next(hp.batch_size)
+            n = len(y)
+            if self.group is not None:  # this rank's slice of the global batch, weighted by its share
+                (x, y), mine, n = dist.shard((x, y), self.group.rank, self.group.world)
+                self._share = mine / n
             if due:
                 ins.arm()  # activation hooks for this forward only
             try:
@@ -352,8 +446,8 @@ class Trainer(Controls):
             finally:
                 if due:
                     ins.disarm()
-            gnorm = self._backward(loss, hp.grad_clip)
-            loss, gnorm = self._guard(loss.detach(), gnorm.detach())
+            loss, gnorm = self._backward(loss, hp.grad_clip)
+            loss, gnorm = self._guard(loss, gnorm.detach())
             # fp16: a finite loss with overflowed gradients is the scaler's business (it skips the step
             # and lowers its scale), not an anomaly; a non-finite loss is the sentinel's, as in fp32
             overflow = self.scaler is not None and not self.sync_free and math.isfinite(loss) and not math.isfinite(gnorm)
@@ -382,7 +476,6 @@ class Trainer(Controls):
         if isinstance(ratio, torch.Tensor) and not self.sync_free:  # CUDA without a fused optimizer: judged now
             ratio = ratio.item()
         self.step += 1
-        n = len(y)
         self.samples += n
         dt = time.perf_counter() - t0
         self.train_time += dt
@@ -390,7 +483,7 @@ class Trainer(Controls):
         progress = self.batches.epoch + self.batches.offset / self.n_train  # fractional epoch, for the x-axis
         self._pending.append(StepRow(self.branch, self.step, progress, loss, lr, hp.momentum, hp.weight_decay,
                                      hp.batch_size, gnorm, n / dt if dt > 0 else 0.0, time.time(), ratio, scale))
-        if due:
+        if due and not self.follower:
             self.journal.log_layers(ins.layer_rows(self.branch, self.step, ratio))
         if ratio is not None and not self.sync_free:  # on CUDA the read-back judges the rows, no sync per step
             later = self.sentinel.judge_update(self.step, ratio)
@@ -399,35 +492,45 @@ class Trainer(Controls):
         if self.step % HEALTH_EVERY == 0 and not self.sync_free:  # on steps, not time: decisions replay exactly
             if self._check_health():
                 return
-        if self.step % self.cfg.log_every == 0 or t0 - self._last_readback >= READBACK_S:
+        # (under DDP on CUDA the read-back judges steps: every rank must do it at the same steps)
+        if self.step % self.cfg.log_every == 0 or t0 - self._last_readback >= READBACK_S and not (
+                self.group is not None and self.sync_free):
             self._readback()
             if self.state != "running":  # the guard or a failed write stopped the run: no eval or checkpoint
                 self._publish()
                 return
             if t0 - self._published_at >= PUBLISH_S:  # readers poll at most every 0.1 s: fresher is waste
                 self._publish()
-        if epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+        if self.follower:  # rank 0 evaluates and reports
+            pass
+        elif epoch_ended and self.cfg.eval_at_epoch_end or self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._evaluate()
         if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0:
             if self.step % HEALTH_EVERY and self._check_health():  # a checkpoint must be sound: look first
                 return
             self._checkpoint("auto")
 
-    def _backward(self, loss: torch.Tensor, clip: float) -> torch.Tensor:
+    def _backward(self, loss: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Gradients of `loss`, their total norm before clipping, then clipping to `clip` (0: none).
-        Training steps and a probe's side runs share it: the same math, bit for bit."""
+        Returns (the loss, detached, the norm). Under DDP both are the global batch's, summed over the
+        ranks. Training steps and a probe's side runs share it: the same math, bit for bit."""
         self.optimizer.zero_grad(set_to_none=True)
+        if self.group is not None:
+            loss = loss * self._share
         if self.scaler is None:
             loss.backward()
         else:  # the norm, the clip and the guard see true gradients (the documented AMP recipe)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
+        loss = loss.detach()
+        if self.group is not None:
+            loss = self._reduce(loss)
         grads = [p.grad for p in self.params if p.grad is not None]
         # get_total_norm's own checks cost more than the norm on small models; this is its core
         gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
         if clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, clip, gnorm)
-        return gnorm
+        return loss, gnorm
 
     def _loss(self, model, x, y) -> torch.Tensor:
         if model is self.model and self.amp_dtype is None:  # the plain fp32 step pays for nothing below
@@ -529,6 +632,11 @@ class Trainer(Controls):
                                                              "anomalous, so skipping does not help")
             act = "rollback"
         data = {**a.to_dict(), "start": start, "action": act, "policy": self.cfg.sentinel}
+        if act != "warn":
+            self._sync_due = True  # every rank decides this alike (same values, same sentinel): all meet next
+        if act == "rollback" and self.follower:  # rank 0 restores, and sends the weights at the sync
+            self.state = "error"
+            return True
         if act == "warn":
             if self.sentinel.streak == 1:  # one marker per run of anomalous steps
                 self.journal.event(a.step, self.branch, "anomaly", a.message, data)
@@ -609,6 +717,8 @@ class Trainer(Controls):
         if now - self._window[1] >= 0.5:  # wall-clock throughput over half a second or more
             self._sps = self._window[0] / (now - self._window[1])
             self._window = [0, now]
+            if self.group is not None:
+                self._rank_rates()
         self.journal.log_steps(rows)
 
     def _judge(self, rows: list[StepRow]) -> list[StepRow]:
@@ -698,6 +808,8 @@ class Trainer(Controls):
         hp = self.hp
         self._version += 1
         self._published_at = time.perf_counter()
+        if self.follower and self._status is not None:  # nobody reads a follower's
+            return
         if self._plan is not None:  # the main run as it was when the probe began, and the probe's progress
             self._status = dataclasses.replace(self._main_status, state="probing", accepts=ACCEPTS["probing"],
                                                version=self._version, probe=self._probe_status())
@@ -713,7 +825,7 @@ class Trainer(Controls):
             sentinel=frozen_map({"policy": self.cfg.sentinel, "window": self.cfg.sentinel_window,
                                  "sigma": self.cfg.sentinel_sigma, "lr_factor": self.cfg.rollback_lr_factor}),
             skipped=self.skipped, memory=memory_bytes(self.device), probe=None, loss_scale=self._last_scale,
-            overflows=self.overflows, compile_s=self.compile_s)
+            overflows=self.overflows, compile_s=self.compile_s, ranks=self.ranks)
 
     # --- commands, applied by the training thread between steps -------------------------------
     def _take_commands(self) -> bool:
@@ -721,24 +833,35 @@ class Trainer(Controls):
 
         The lock is held only to take commands off the queue, never while they are applied.
         """
-        if self.state in ("running", "probing") and not self._cmds:  # the per-step fast path
+        ddp = self.group is not None and not self.group.lost
+        if self.state in ("running", "probing") and not (self._sync_due if ddp else self._cmds):  # the fast path
             return True
+        if ddp and not self._sync_due:  # the followers are inside a step's all-reduce: free them first
+            ddp = self._collective(self._release)
         while True:
             with self._cond:
                 cmds = list(self._cmds)
                 self._cmds.clear()
                 self._applying = bool(cmds)
+            results = []
+            ddp = ddp and self._collective(self._meet)  # a sync round: what every rank holds, before commands
             if cmds:
                 self._unpark_rng()
-                results = [self._apply(cmd) for cmd in cmds]
+                self._in_round = ddp  # checkpoints take the other ranks' RNG states from this round
+                try:
+                    results = [self._apply(cmd) for cmd in cmds]
+                finally:
+                    self._in_round = False
                 try:  # a command's result is given once what it did is in the journal
                     self.journal.flush()
                 except JournalError as e:
                     if self.state not in ("error", "closed"):
                         self._fail(str(e))
                 self._publish()
-                for cmd, res in zip(cmds, results):
-                    cmd.finish(res)
+            if ddp:  # every rank leaves the round with rank 0's state (and weights, when they jumped)
+                ddp = self._collective(self._send_orders)
+            for cmd, res in zip(cmds, results):
+                cmd.finish(res)
             with self._cond:
                 self._applying = False
                 if self._cmds:
@@ -837,6 +960,8 @@ class Trainer(Controls):
             new = validate(self.hp, changes, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
         except HParamError as e:
             return Result(False, self.step, str(e))
+        if self._fits_world(new):
+            return Result(False, self.step, self._fits_world(new))
         changed = new != self.hp or "lr" in changes
         self._change_hparams(new, set_lr="lr" in changes)
         self.sentinel.human_acted(changed)
@@ -918,6 +1043,7 @@ class Trainer(Controls):
             self.journal.set_meta("config", self.cfg.to_dict())
         if res.ok:
             self.journal.set_meta("run_info", self._run_info())
+            self._announce_group()
         return res
 
     def _restore(self, cid: Any, changes: dict, skip: Any, reason: str, anomaly: dict | None = None) -> Result:
@@ -935,7 +1061,7 @@ class Trainer(Controls):
             new = validate(base, changes, dataset_size=self.n_train, nesterov=self.cfg.nesterov)
         except (CheckpointError, HParamError) as e:
             return Result(False, self.step, str(e))
-        err = self._check_skip(skip, new.batch_size)
+        err = self._check_skip(skip, new.batch_size) or self._fits_world(new)
         if err:
             return Result(False, self.step, err)
         self._readback()
@@ -1013,6 +1139,9 @@ class Trainer(Controls):
         return Result(True, self.step + 1)
 
     def _begin_probe(self, kind: str, settings: list[dict], steps: int, lrs: tuple, moms: tuple | None) -> Result:
+        if self.group is not None:
+            return Result(False, self.step, f"{kind}: not available in a data-parallel run yet; resume the run in one "
+                                            "process to probe it")
         self._readback()
         if self.state == "error":  # the read-back judged a step (CUDA) and stopped the run: no probe from there
             return Result(False, self.step, f"{kind}: not possible: {self.error}")
@@ -1064,7 +1193,7 @@ class Trainer(Controls):
         t0 = time.perf_counter()
         (x, y), _ = self.batches.next(hp.batch_size)
         loss = self._loss(self.forward, x, y)
-        gnorm = self._backward(loss, hp.grad_clip)
+        loss, gnorm = self._backward(loss, hp.grad_clip)
         lv, gv = loss.item(), gnorm.item()
         overflow = self.scaler is not None and math.isfinite(lv)  # the scaler skips that step itself
         if not (math.isfinite(lv) and (math.isfinite(gv) or overflow)):
@@ -1169,9 +1298,206 @@ class Trainer(Controls):
                     sums[name] += float(fn(o, y)) * n
         return {k: v / tot for k, v in sums.items()}
 
+
+    # --- data parallel (torchrun): rank 0 leads, the others follow ---------------------------------
+    def _follow(self) -> None:
+        """A follower's life: meet rank 0 at each sync round, take its orders, and step in lockstep
+        until the next round is due (commands, a shared decision, or an aborted step)."""
+        while True:
+            try:
+                self._meet()
+                self._obey(self.group.broadcast(None))
+            except PeerLost as e:
+                return self._lose(e)
+            if self.state == "closed":
+                return
+            while self.state == "running" and not self._sync_due:
+                if self.cfg.max_steps and self.step >= self.cfg.max_steps:  # as rank 0's loop does
+                    self._finish("done", f"reached the step limit {self.cfg.max_steps}")
+                    break
+                try:
+                    self._train_step()
+                except Aborted:
+                    self._sync_due = True
+                except PeerLost as e:
+                    return self._lose(e)
+                except Diverged as e:
+                    self._fail(str(e))
+                    self._sync_due = True
+                except Exception as e:  # told to rank 0 at the sync; the others are freed from their step
+                    self._local_error = f"{type(e).__name__}: {e}"
+                    if not self._sync_due:
+                        if not self._collective(self._release):
+                            return
+                        self._sync_due = True
+
+    def _announce_group(self) -> None:
+        if self.group is not None:
+            g = self.group
+            self._event("ddp", f"data parallel: {g.world} ranks ({self.info.backend}), batch {self.hp.batch_size} "
+                               f"split {self.hp.batch_size // g.world} per rank",
+                        {"world": g.world, "backend": self.info.backend, "peers": [vars(p) for p in g.peers]})
+
+    def _collective(self, fn) -> bool:
+        """Run one of the sync collectives; False (and the run ends, failed) when a rank is lost."""
+        try:
+            fn()
+            return True
+        except PeerLost as e:
+            self._lose(e)
+            return False
+
+    def _reduce(self, loss: torch.Tensor) -> torch.Tensor:
+        """The step's one collective: every gradient (already weighted by this rank's share of the
+        global batch), the float buffers, the loss and the control words, summed in one flat buffer.
+        A NaN on any rank reaches every rank, so all skip or pause together. Returns the global loss;
+        raises Aborted when a rank gave the step up."""
+        g, ctl = self.group, self._control()
+        grads = []
+        for p in self.params:
+            if p.grad is None:  # an unused parameter: zeros keep every rank's buffer the same shape
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        flat = torch.cat([t.reshape(-1) for t in grads] + [b.reshape(-1).float() for b in self._float_buffers]
+                         + [loss.reshape(1).float(), ctl])
+        g.reduce(flat)
+        tail = flat[self._numel:].tolist()  # the control words decide before the update (on CUDA: one sync)
+        if tail[dist.ABORT]:
+            raise Aborted("a rank gave up this step")
+        self._sync_due = tail[dist.CMD] > 0
+        self._account(tail[2:])
+        o = 0
+        for t in grads:
+            t.copy_(flat[o:o + t.numel()].view(t.shape))
+            o += t.numel()
+        for b in self._float_buffers:  # each rank's running statistics, averaged: the replicas stay equal
+            b.copy_((flat[o:o + b.numel()] / g.world).view(b.shape))
+            o += b.numel()
+        return flat[o]
+
+    def _control(self, abort: bool = False) -> torch.Tensor:
+        """[rank 0 has commands, abort, each rank's busy seconds this step, each rank's memory]."""
+        w, r = self.group.world, self.group.rank
+        v = [0.0] * (2 + 2 * w)
+        v[dist.CMD] = float(r == 0 and bool(self._cmds))
+        v[dist.ABORT] = float(abort)
+        v[2 + r] = time.perf_counter() - self._t_step if not abort else 0.0
+        v[2 + w + r] = float(memory_bytes(self.device))
+        return torch.tensor(v, device=self.device)
+
+    def _release(self) -> None:
+        """Join the all-reduce the other ranks wait in with an abort: every rank undoes its step and
+        comes to the sync (this rank stopped on its own: an error, a failed write)."""
+        flat = torch.cat([torch.zeros(self._numel, device=self.device), self._control(abort=True)])
+        self.group.reduce(flat)
+
+    def _account(self, tail: list[float]) -> None:
+        w = self.group.world
+        if self._rank_acc is None:
+            self._rank_acc = [0, [0.0] * w, [0.0] * w, time.perf_counter()]  # steps, busy s, memory, since
+        acc = self._rank_acc
+        acc[0] += 1
+        acc[1] = [a + b for a, b in zip(acc[1], tail[:w])]
+        acc[2] = tail[w:2 * w]
+
+    def _rank_rates(self) -> None:
+        """Per-rank samples/s (of its own busy time, so a slow rank shows) and memory, from the steps
+        since the last call; rank 0 publishes them."""
+        acc = self._rank_acc
+        if self.follower or acc is None or acc[0] == 0:
+            return
+        w, wall = self.group.world, time.perf_counter() - acc[3]
+        per_step = self.hp.batch_size / w
+        self.ranks = tuple(frozen_map({"rank": r, "samples_per_s": acc[0] * per_step / b if b > 0 else 0.0,
+                                       "busy": min(1.0, b / wall) if wall > 0 else 0.0, "memory": int(m)})
+                           for r, (b, m) in enumerate(zip(acc[1], acc[2])))
+        self._rank_acc = None
+
+    def _meet(self) -> None:
+        """A sync round's first half: rank 0 gathers each rank's step, RNG state, weights digest and
+        error, and checks that the replicas agree (unless rank 0's weights just jumped)."""
+        info = {"step": self.step, "rng": snapshot.rng_state(), "error": self._local_error,
+                "digest": dist.digest(self.model) if self.follower or not self._jumped else None}
+        infos = self.group.gather(info)
+        self._local_error = None
+        if self.follower:
+            return
+        self._peer_rngs = [i["rng"] for i in infos[1:]]
+        for r, i in enumerate(infos[1:], 1):
+            why = (f"rank {r} failed: {i['error']}" if i["error"] else
+                   None if self._jumped else  # (a rollback moved rank 0; the orders move the others)
+                   f"rank {r} is at step {i['step']}, rank 0 at {self.step}" if i["step"] != self.step else
+                   f"rank {r}'s weights differ from rank 0's after step {self.step}"
+                   if info["digest"] is not None and i["digest"] != info["digest"] else None)
+            if why:
+                self._jumped = True  # the next orders carry rank 0's weights: Resume starts the replicas equal
+                if self.state not in ("error", "closed"):
+                    self._fail(why + "; the run is paused on every rank")
+                else:
+                    self._event("replicas", why)
+
+    def _send_orders(self) -> None:
+        """A sync round's second half: rank 0's state to every rank, with its weights when they jumped."""
+        hp = to_dict(self.hp)
+        o = {"state": self.state, "error": self.error, "step": self.step, "samples": self.samples,
+             "train_time": self.train_time, "branch": self.branch, "ckpt_at": self._ckpt_at, "hp": hp,
+             "lr_set_epoch": self.lr_set_epoch, "data": self.batches.state(), "cfg": self.cfg.to_dict(),
+             "sentinel": self.sentinel.state_dict(), "skipped": self.skipped, "sound_at": self._sound_at,
+             "last_checkpoint": self.last_checkpoint}
+        if self._jumped:
+            o["snapshot"] = {**self._capture(), "ranks": self._jump_ranks}
+        self.group.broadcast(o)
+        self._jumped, self._jump_ranks, self._sync_due = False, None, False
+
+    def _obey(self, o: dict) -> None:
+        """A follower takes rank 0's orders: its weights when sent, then every field decisions read."""
+        if "snapshot" in o:
+            snap = o["snapshot"]
+            self._load(snap)
+            ranks, r = snap.get("ranks"), self.group.rank
+            if ranks and len(ranks) == self.group.world - 1:
+                snapshot.set_rng_state(ranks[r - 1])
+            else:  # a snapshot from another world size (or none yet): fresh streams for this rank
+                torch.manual_seed(self.cfg.seed * 1_000_003 + r + 7919 * int(snap["counters"]["step"]))
+        cfg = RunConfig.from_dict(o["cfg"])
+        if cfg != self.cfg:
+            self.cfg = cfg
+            self.sentinel.configure(cfg.sentinel_window, float(cfg.sentinel_sigma))
+        self.sentinel.load_state_dict(o["sentinel"])
+        self.hp = validate(HParams(), o["hp"], dataset_size=self.n_train, nesterov=cfg.nesterov)
+        self.lr_set_epoch = int(o["lr_set_epoch"])
+        if self.batches.state()["epoch"] != o["data"]["epoch"] or self.batches.position()[1:] != (
+                o["data"]["offset"], o["data"]["batch_index"]):
+            self.batches.load_state(o["data"])
+        self.step, self.samples, self.train_time = o["step"], o["samples"], o["train_time"]
+        self.branch, self._ckpt_at, self.skipped = o["branch"], o["ckpt_at"], o["skipped"]
+        self._sound_at, self.last_checkpoint = o["sound_at"], o["last_checkpoint"]
+        self.state, self.error = o["state"], o["error"]
+        self._written, self._sync_due, self._local_error = None, False, None
+        self.health.invalidate()
+
+    def _lose(self, e: PeerLost) -> None:
+        """A rank is gone: the job cannot step any more. Rank 0 records it and fails the run (Resume
+        works from the last checkpoint, on one process or a new torchrun); a follower ends."""
+        if self.follower:
+            print(f"rank {self.group.rank}: {e}; this rank ends", file=sys.stderr)
+            self.state = "closed"
+            return
+        msg = (f"{e}: the data-parallel job ended at step {self.step}. Resume the run from its last checkpoint "
+               "(in one process, or torchrun again)")
+        self.state, self.error = "error", msg
+        self._event("rank_lost", msg, {"world": self.group.world, "peers": [vars(p) for p in self.group.peers]})
+        try:
+            self.journal.flush()  # torchrun ends this process soon after a rank dies
+        except JournalError:
+            pass
+        self._publish()
+
     # --- checkpoints ----------------------------------------------------------------------------
     def _capture(self) -> dict:
         extra = {} if self.scaler is None else {"scaler": self.scaler.state_dict()}  # its scale and growth count
+        if self.group is not None and not self.follower and self._peer_rngs is not None:
+            extra["ranks"] = self._peer_rngs  # the other ranks' RNG states (data positions are all rank 0's)
         return snapshot.capture(
             self.model, self.optimizer, self.batches,
             schedule={"lr_set_epoch": self.lr_set_epoch},
@@ -1204,12 +1530,23 @@ class Trainer(Controls):
             self.instruments.reset()
         self.anomaly = None
         self._sound_at = self.step
+        if self.group is not None and not self.follower:  # the followers get these weights at the next sync
+            ranks = s.get("ranks")
+            self._jumped = True
+            self._jump_ranks = self._peer_rngs = ranks if ranks and len(ranks) == self.group.world - 1 else None
 
-    def _checkpoint(self, kind: str, label: str | None = None) -> int:
+    def _checkpoint(self, kind: str, label: str | None = None) -> int | None:
         self._readback()
         bad = self.health.bad()
         if bad:  # a checkpoint is a place to come back to: never one with NaN or inf in it
             raise Diverged(f"no checkpoint saved at step {self.step}: non-finite values in {', '.join(bad[:3])}")
+        if self.group is not None and not self._in_round:  # every rank is here: gather their RNG states now
+            self._meet()
+            if self.state == "error":  # the replicas disagree: no checkpoint of either
+                return None
+        if self.follower:
+            self._ckpt_at = (self.branch, self.step)
+            return None
         cid = self.store.save(self._capture(), step=self.step, epoch=self.batches.epoch, branch=self.branch,
                               train_loss=self._last_loss, val_loss=self.last_val, kind=kind, label=label)
         self.last_checkpoint, self._ckpt_at = cid, (self.branch, self.step)
@@ -1217,6 +1554,7 @@ class Trainer(Controls):
 
     def _finish(self, state: str, message: str) -> None:
         """End the run: a final checkpoint unless this state is an error or already checkpointed."""
+        self._sync_due = True  # every rank ends alike at the step limit
         self._final_checkpoint()
         self.state = state
         self._event(state, message)

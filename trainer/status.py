@@ -32,6 +32,8 @@ class RunInfo:
     classes: int | None = None  # a classifier's class count (its loss at init should be log C), else None
     precision: str = "fp32"  # fp32 | bf16 | fp16 (RunConfig.precision)
     compiled: bool = False  # training steps run a torch.compile'd model
+    world_size: int = 1  # ranks of a torchrun data-parallel job (1: one process)
+    backend: str | None = None  # its collectives' backend: gloo (CPU) or nccl (CUDA)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Status:
     loss_scale: float | None = None  # fp16: the GradScaler's scale at the last read-back
     overflows: int = 0  # fp16: steps the scaler skipped because the gradients overflowed
     compile_s: float = 0.0  # seconds spent compiling the model (torch.compile), so far in this process
+    ranks: tuple[Mapping[str, Any], ...] = ()  # DDP: per rank, samples_per_s (of its busy time), busy, memory
 
     @property
     def sound(self) -> bool:
@@ -86,6 +89,7 @@ class Status:
                                            "branch", "effective_lr", "loss", "samples_per_s", "max_steps",
                                            "last_checkpoint", "version", "skipped", "memory", "loss_scale",
                                            "overflows", "compile_s")}
+        d["ranks"] = [dict(r) for r in self.ranks]
         d["anomaly"] = dict(self.anomaly) if self.anomaly is not None else None
         d["sentinel"] = dict(self.sentinel) if self.sentinel is not None else None
         d["probe"] = (None if self.probe is None else
