@@ -68,6 +68,16 @@ def metrics_row(s: Status, smoothed_loss: float | None) -> None:
     cols[7].metric("ETA", _eta(s))
     if s.run.precision != "fp32" or s.run.compiled:
         st.caption(engine_line(s))
+    if s.ranks and s.state == "running":
+        st.caption(ranks_line(s))
+
+
+def ranks_line(s: Status) -> str:
+    """Each rank's throughput over its own busy time (a straggler shows low), its share of the wall
+    clock spent computing rather than waiting, and its memory."""
+    where = "GPU" if str(s.run.device).startswith("cuda") else "RSS"
+    return " · ".join(f"rank {r['rank']}: **{r['samples_per_s']:,.0f}** samples/s, busy {r['busy']:.0%}, "
+                      f"{where} {r['memory'] / 2**20:,.0f} MiB" for r in s.ranks)
 
 
 def engine_line(s: Status) -> str:

@@ -44,8 +44,9 @@ def main(args: dict) -> None:
         st.divider()
         runs_panel()
     st.markdown(f"### 🐼 Panda &nbsp;·&nbsp; `{Path(s.run.run_dir).name}`")
+    ddp = f"data parallel **{s.run.world_size} ranks** ({s.run.backend}) · " if s.run.world_size > 1 else ""
     st.caption(f"task **{s.run.task_name}** · optimizer **{s.run.optimizer}** · device **{s.run.device}** · "
-               f"branch **{s.branch}** · {s.run.run_dir}")
+               f"{ddp}branch **{s.branch}** · {s.run.run_dir}")
     show_flash()
     if s.state in DETACHED:
         detached_banner()

@@ -125,5 +125,8 @@ def _run_list() -> None:
     if not runs:
         st.caption("No runs yet.")
         return
+    root = runtime.runs_root()
+    ranks = {n: runtime.world_size(root / n) for n in runs}
     st.selectbox("Run", list(runs), key="open_name",
-                 format_func=lambda n: f"{n} · {STATE_LABELS.get(runs.get(n), runs.get(n, '?'))}")
+                 format_func=lambda n: f"{n} · {STATE_LABELS.get(runs.get(n), runs.get(n, '?'))}"
+                 + (f" · DDP ×{ranks[n]}" if ranks.get(n, 1) > 1 else ""))

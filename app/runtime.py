@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from trainer import Result, RunConfig, Status
+from trainer import Reader, Result, RunConfig, Status
 from trainer.client import NoTrainerError, RunClient, is_live, last_heartbeat, offline_status, run_state
 from trainer.commands import Command, Controls
 from trainer.hparams import HParamError, field_specs, validate
@@ -69,6 +69,17 @@ def list_runs(root: Path | None = None) -> list[tuple[str, str]]:
         with contextlib.suppress(Exception):  # a broken journal is not listed
             out.append((p.name, run_state(p)))
     return out
+
+
+def world_size(run_dir: Path) -> int:
+    """Ranks of the torchrun job that trains (or trained) the run; 1 for one process."""
+    with contextlib.suppress(Exception):
+        r = Reader(run_dir)
+        try:
+            return int((r.meta().get("run_info") or {}).get("world_size", 1))
+        finally:
+            r.close()
+    return 1
 
 
 def default_name(task: str) -> str:

@@ -525,3 +525,43 @@ def test_run_a_probe_and_adopt_the_winner(tmp_path, bare_page):
         for p in procs:
             p.kill()
         kill_trainers(runs)
+
+
+def test_attach_to_a_two_rank_torchrun_job_and_change_lr(tmp_path, bare_page):
+    """The dashboard attaches to a data-parallel job exactly as to any run: rank 0 serves it. It shows
+    the ranks, and an lr typed in the sidebar reaches both ranks at the same step (rank 0 checks the
+    replicas' step and weights at the sync the pause makes)."""
+    from playwright.sync_api import expect
+
+    page = bare_page
+    runs = tmp_path / "runs"
+    d = runs / "ddp"
+    job = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                            "-m", "trainer", "run", "--task", "spirals", "--run-dir", d, "--max-steps", "1000000",
+                            "--keep-serving"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    server = None
+    try:
+        wait_for(lambda: is_live(d) and (d / "control.sock").exists(), "the job to be served", timeout=90)
+        url, server = start_server(runs, "--run-dir", d)
+        first_page(page, url)
+        expect(page.get_by_text(re.compile(r"rank 1: [\d,]+ samples/s")).first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("2 ranks").first).to_be_visible()
+        lr = page.locator("[data-testid='stSidebar']").get_by_label("Learning rate", exact=True)
+        lr.fill("0.05")
+        lr.press("Enter")
+        wait_for(lambda: any("lr 0.1 → 0.05" in m for m in hparam_events(d / "journal.sqlite")), "the lr change")
+        with RunClient(d) as c:
+            assert c.pause().wait().ok  # a sync round: rank 0 compares rank 1's step and weights with its own
+            s = c.status()
+            assert s.hparams.lr == 0.05 and s.state == "paused" and s.run.world_size == 2
+        kinds = {e["kind"] for e in Reader(d).events()}
+        assert "ddp" in kinds and "replicas" not in kinds and "error" not in kinds
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ddp.png"))
+    finally:
+        if server is not None:
+            server.kill()
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(30)
+        kill_trainers(runs)
