@@ -70,6 +70,8 @@ def detached_banner() -> None:
     elif ended:
         msg = (f"**{ended[0].upper()}{ended[1:]}.** Nothing listed below is lost: Resume continues from "
                f"{at}, exactly as if training had been there all along.")
+    elif s.error:  # e.g. a data-parallel job that lost a rank, closed cleanly by rank 0
+        ended, msg = s.error, f"**{s.error}.** Resume continues from {at}, in one process."
     else:
         msg = f"**No trainer process serves this run** (it was stopped). Resume continues from {at}."
     (st.warning if ended else st.info)(msg, icon="⚠️" if ended else "ℹ️")

@@ -2,7 +2,8 @@
 
 Each measurement is a fresh `torchrun --standalone` job on this machine (gloo on CPU, NCCL on CUDA):
 
-- bare: the loop a user writes with torch.nn.parallel.DistributedDataParallel: each rank takes its
+- bare: the loop a user writes with torch.nn.parallel.DistributedDataParallel (one process: the plain
+  loop, as bench/overhead.py's): each rank takes its
   slice of the same global batch (one seeded permutation), forward, backward (DDP all-reduces the
   gradients), the fused optimizer's step. No journal, no checkpoints, no guard.
 - panda: `Trainer` under torchrun (rank 0 serves the run, rank 1 follows): the journal, automatic
@@ -42,13 +43,19 @@ def bare(task_name: str, steps: int) -> dict:
     from trainer.engine import build_optimizer, resolve_device
     from trainer.hparams import HParams, validate
 
+    from trainer.dist import launched
+
     device = resolve_device("auto")
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     task = load_task(task_name, seed=0)
     model = task.model.to(device)
-    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp, rank, world = model, 0, 1  # one process: the plain loop
+    if launched():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    barrier = dist.barrier if launched() else (lambda: None)
     hp = validate(HParams(), task.defaults)
     opt = build_optimizer(RunConfig(), model.parameters(), hp, fused=True)
     x, y = (t.to(device) for t in task.train_data.tensors)
@@ -58,7 +65,7 @@ def bare(task_name: str, steps: int) -> dict:
     t0 = 0.0
     for i in range(WARM + steps):
         if i == WARM:
-            dist.barrier()
+            barrier()
             t0 = time.perf_counter()
         idx = perm[pos:pos + bs]
         pos += bs
@@ -71,9 +78,10 @@ def bare(task_name: str, steps: int) -> dict:
         loss.backward()
         opt.step()
     loss.item()
-    dist.barrier()
+    barrier()
     rate = steps / (time.perf_counter() - t0)
-    dist.destroy_process_group()
+    if launched():
+        dist.destroy_process_group()
     return {"steps_per_s": rate}
 
 

@@ -1,6 +1,7 @@
 """Data parallel under torchrun (gloo, 2 CPU processes): rank 0 owns the run, the other rank follows,
 and the run is what one process computes (same data order), exactly reproducible against itself."""
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import torch
 
 from conftest import ROOT
 from trainer import Reader
-from trainer.client import NoTrainerError, RunClient
+from trainer.client import NoTrainerError, RunClient, offline_status
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo")
@@ -194,6 +195,8 @@ def test_a_killed_rank_ends_the_job_with_an_event_and_the_run_resumes(tmp_path):
         assert p.returncode != 0
     lost = events(d, "rank_lost")
     assert lost and f"rank 1 (pid {pid}) died" in lost[0]["message"], events(d)[-5:]
+    st = offline_status(d)  # what the dashboard shows of the ended job, with Resume
+    assert st.state == "idle" and f"rank 1 (pid {pid}) died" in st.error and st.run.world_size == 2
     last_ckpt = max(k["step"] for k in Reader(d).checkpoints())
     r = ok([sys.executable, "-m", "trainer", "resume", "--run-dir", d, "--max-steps", last_ckpt + 50])
     assert f"resumed at step {last_ckpt}" in r.stderr
@@ -204,3 +207,15 @@ def test_a_batch_that_does_not_split_is_refused(tmp_path):
     r = run(torchrun("run", "--task", TASK, "--run-dir", tmp_path / "run", "--batch-size", 63, "--max-steps", 10))
     assert r.returncode != 0
     assert "does not split across 2 ranks" in r.stdout + r.stderr
+
+
+def test_two_ranks_are_torch_ddp_bit_for_bit(tmp_path):
+    """spirals has BatchNorm: each rank normalises its own slice, as under torch's DistributedDataParallel
+    (no SyncBatchNorm). Panda's flat all-reduce of weighted gradients gives DDP's averaged ones exactly."""
+    d = tmp_path / "run"
+    ok(torchrun("run", "--task", "spirals", "--run-dir", d, "--max-steps", 100))
+    r = ok([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            ROOT / "tests" / "ddp_reference.py", "spirals", 100])
+    ref = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("[")][0])
+    mine = losses(d)
+    assert [mine[s] for s in range(1, 101)] == ref  # 100 steps cross an epoch end (47 batches)

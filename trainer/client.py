@@ -23,7 +23,7 @@ from .server import HEARTBEAT, KEY, decode_array, socket_address
 from .status import Grid, RunInfo, Status, frozen_map
 
 # The events that set a run's state; "close" only says a process let go of it.
-STATE_EVENTS = ("create", "open", "start", "resume", "pause", "stopped", "done", "error")
+STATE_EVENTS = ("create", "open", "start", "resume", "pause", "stopped", "done", "error", "rank_lost")
 MAX_IDLE = 4  # pooled connections kept open
 
 
@@ -89,7 +89,7 @@ def offline_status(run_dir: Path | str) -> Status:
         ev = {"step": e["step"], **{k: e[k] for k in ("val_loss", "val_acc", "train_loss", "train_acc")
                                     if e[k] is not None}, **json.loads(e["extra"] or "{}")}
     epoch = row["epoch"] if row else 0.0
-    error = ended[0]["message"] if ended and ended[0]["kind"] == "error" else None
+    error = ended[0]["message"] if ended and ended[0]["kind"] in ("error", "rank_lost") else None
     run = RunInfo(run_dir=str(run_dir), task=cfg["task"], task_name=info.get("task_name", cfg["task"]),
                   optimizer=cfg.get("optimizer", "sgd"), nesterov=bool(cfg.get("nesterov")),
                   device=info.get("device", cfg.get("device", "auto")), n_train=int(info.get("n_train", 0)),

@@ -944,6 +944,8 @@ class Trainer(Controls):
         return Result(True, self.step)
 
     def _cmd_stop(self) -> Result:
+        if self.group is not None and self.group.lost:  # the job is over: its error stays the run's last word
+            return Result(True, self.step)
         self._finish("stopped", f"stopped at step {self.step}")
         return Result(True, self.step)
 
