@@ -219,3 +219,25 @@ def test_two_ranks_are_torch_ddp_bit_for_bit(tmp_path):
     ref = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("[")][0])
     mine = losses(d)
     assert [mine[s] for s in range(1, 101)] == ref  # 100 steps cross an epoch end (47 batches)
+
+
+def test_the_sentinels_rollback_is_exact_across_ranks(tmp_path):
+    """A NaN on rank 1 under the rollback policy: rank 0 restores the checkpoint before it (lr x 0.5,
+    the batches up to the anomaly skipped) and sends it to rank 1. The new branch is, bit for bit, a
+    resume from that checkpoint with the same settings."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ("--task", DROPOUT, "--ckpt-every", 50)
+    ok(torchrun("run", *common, "--run-dir", a, "--sentinel", "rollback", "--max-steps", 200),
+       env={"PANDA_NAN_RANK": "1", "PANDA_NAN_CALL": "120"})
+    rb = events(a, "rollback")
+    assert len(rb) == 1, events(a)
+    plan = rb[0]["data"]["plan"]
+    ck = [c for c in Reader(a).checkpoints() if c["id"] == plan["checkpoint"]][0]
+    assert ck["step"] == 100 and plan["skip_batches"] > 0
+    ok(torchrun("run", *common, "--run-dir", b, "--max-steps", ck["step"]))
+    at = [c["id"] for c in Reader(b).checkpoints() if c["step"] == ck["step"]][0]
+    ok(torchrun("resume", "--run-dir", b, "--from", at, "--lr", plan["lr"], "--skip-batches", plan["skip_batches"],
+                "--max-steps", 200))
+    x, y = losses(a), losses(b)
+    assert [x[s] for s in range(101, 201)] == [y[s] for s in range(101, 201)]
+    assert not events(a, "replicas") and not events(b, "replicas")
