@@ -45,7 +45,8 @@ UI = {"streamlit", "plotly", "playwright", "app"}  # the dashboard's side: not o
 DEVICE_TESTS = ("test_cuda.py", "test_precision.py")  # the CUDA path and AMP: run first, in their own step
 # Process, serving and locking tests (kill -9, CLI, ctl): the same on any device, and most of the suite's
 # time (a Python + torch start per subprocess); --all-tests runs them too.
-PROCESS_TESTS = ("test_cli.py", "test_ctl.py", "test_consistency.py", "test_reopen.py", "test_ownership.py")
+PROCESS_TESTS = ("test_cli.py", "test_ctl.py", "test_consistency.py", "test_reopen.py", "test_ownership.py",
+                 "test_ddp.py")  # (DDP: torchrun jobs of 2 CPU ranks, gloo)
 SMOKE_TESTS = ("test_cuda.py", "test_checkpoints.py", "test_journal.py")
 TARGETS = {"spirals": 0.90, "wide_mlp": 0.97, "wide_mlp_small": 0.97}  # trainer/bare, CUDA (issue 11)
 WIDE = "bench/tasks.py:wide_mlp"

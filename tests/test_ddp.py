@@ -24,8 +24,10 @@ DROPOUT = str(ROOT / "tests" / "plugins" / "ddp_task.py") + ":make_dropout"
 
 
 def torchrun(*args):
+    """2 CPU ranks over gloo (a new run is told --device cpu; a resume keeps its run's device)."""
+    cpu = ("--device", "cpu") if args[0] == "run" else ()
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-            "-m", "trainer", *map(str, args)]
+            "-m", "trainer", *map(str, args), *cpu]
 
 
 def run(cmd, env=None, timeout=240):
@@ -90,7 +92,7 @@ def final_weights(d) -> dict:
 
 def test_two_ranks_train_what_one_process_trains(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    ok([sys.executable, "-m", "trainer", "run", "--task", TASK, "--run-dir", one, "--max-steps", 150])
+    ok([sys.executable, "-m", "trainer", "run", "--task", TASK, "--run-dir", one, "--max-steps", 150, "--device", "cpu"])
     ok(torchrun("run", "--task", TASK, "--run-dir", two, "--max-steps", 150))
     a, b = losses(one), losses(two)
     assert sorted(a) == sorted(b) == list(range(1, 151))

@@ -309,6 +309,11 @@ def _cmd_follow() -> int:
     slice of each batch, as rank 0 orders, until rank 0 closes the run."""
     from .engine import Trainer
 
+    # Ctrl-C or torchrun's SIGTERM reaches every rank: rank 0 stops the run (final checkpoint, which
+    # gathers this rank's RNG state) and closes it, and this rank ends with it. If rank 0 dies instead,
+    # this rank's next collective fails and it ends.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     t = Trainer.follow()
     t.join()
     return 1 if t.group is None or t.group.lost else 0

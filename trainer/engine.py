@@ -1360,8 +1360,8 @@ class Trainer(Controls):
             if p.grad is None:  # an unused parameter: zeros keep every rank's buffer the same shape
                 p.grad = torch.zeros_like(p)
             grads.append(p.grad)
-        flat = torch.cat([t.reshape(-1) for t in grads] + [b.reshape(-1).float() for b in self._float_buffers]
-                         + [loss.reshape(1).float(), ctl])
+        flat = torch.cat([t.reshape(-1).float() for t in grads] + [b.reshape(-1).float() for b in self._float_buffers]
+                         + [loss.reshape(1).float(), ctl])  # fp32 throughout: every rank's buffer alike
         g.reduce(flat)
         tail = flat[self._numel:].tolist()  # the control words decide before the update (on CUDA: one sync)
         if tail[dist.ABORT]:
