@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 WARM = 200
 
@@ -86,6 +86,7 @@ def bare(task_name: str, steps: int) -> dict:
 
 
 def panda(task_name: str, steps: int, commands: int) -> dict | None:
+    from overhead import timed_steps
     from trainer import RunConfig, Trainer
     from trainer.dist import launched
 
@@ -96,13 +97,7 @@ def panda(task_name: str, steps: int, commands: int) -> dict | None:
     cfg = RunConfig(task=task_name, run_dir=os.path.join(root, "run"), max_steps=WARM, eval_every=0,
                     eval_at_epoch_end=False)
     t = Trainer.create(cfg)
-    t.start().wait()
-    t.wait()
-    t.set_max_steps(WARM + steps).wait()
-    t0 = time.perf_counter()
-    t.start()
-    t.wait()
-    rate = steps / (time.perf_counter() - t0)
+    rate = timed_steps(t, WARM, steps)
     assert t.status().step == WARM + steps, t.status()
     # a live command's latency while training: submit -> applied (the result comes back)
     t.set_max_steps(0).wait()

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from conftest import ROOT
+from test_ctl import attach, wait_for
 from trainer import Reader
-from trainer.client import NoTrainerError, RunClient, offline_status
+from trainer.client import offline_status
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with gloo")
@@ -55,23 +56,6 @@ def job(tmp_path, *args, env=None):
             os.killpg(p.pid, signal.SIGKILL)
         p.wait(60)
         log.close()
-
-
-def attach(d, p) -> RunClient:
-    deadline = time.monotonic() + 120
-    while True:
-        assert p.poll() is None, f"the job exited with {p.returncode}"
-        try:
-            return RunClient(d, wait=1)
-        except NoTrainerError:
-            assert time.monotonic() < deadline, "the run was never served"
-
-
-def wait_for(cond, timeout=120, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def losses(d, branch=None) -> dict[int, float]:
