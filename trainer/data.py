@@ -54,6 +54,7 @@ class Batches:
             self.tensors = [t.to(device) for t in dataset.tensors]
         self.generator = torch.Generator()
         self.epoch, self.offset, self.batch_index = 0, 0, 0
+        self.size = 0  # the last batch's size (all of it, when next() loaded one rank's part)
         self._perm = self._permutation()
 
     def _permutation(self) -> torch.Tensor:
@@ -80,10 +81,15 @@ class Batches:
             return full
         return full + (rest > 0)
 
-    def next(self, batch_size: int) -> tuple[object, bool]:
-        """Return (batch, epoch_ended)."""
+    def next(self, batch_size: int, part: tuple[int, int] | None = None) -> tuple[object, bool]:
+        """Return (batch, epoch_ended). With part=(rank, world), only that rank's contiguous slice of the
+        batch is loaded; `size` is the whole batch's."""
         end = self._end(batch_size)
         idx = self._perm[self.offset:end]
+        self.size = len(idx)
+        if part is not None:
+            rank, world = part
+            idx = idx[rank * self.size // world:(rank + 1) * self.size // world]
         self.offset = end
         self.batch_index += 1
         if self.tensors is not None:

@@ -117,33 +117,6 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def shard(batch: Any, rank: int, world: int) -> tuple[Any, int, int]:
-    """This rank's contiguous slice of a global batch: (slice, its size, the global size)."""
-    m = _size(batch)
-    lo, hi = rank * m // world, (rank + 1) * m // world
-    return _slice(batch, lo, hi), hi - lo, m
-
-
-def _size(b: Any) -> int:
-    if isinstance(b, torch.Tensor):
-        return len(b)
-    if isinstance(b, (list, tuple)):
-        return _size(b[-1])
-    if isinstance(b, dict):
-        return _size(next(iter(b.values())))
-    raise TypeError(f"cannot split a batch of {type(b).__name__} across ranks")
-
-
-def _slice(b: Any, lo: int, hi: int) -> Any:
-    if isinstance(b, torch.Tensor):
-        return b[lo:hi]
-    if isinstance(b, (list, tuple)):
-        return type(b)(_slice(v, lo, hi) for v in b)
-    if isinstance(b, dict):
-        return {k: _slice(v, lo, hi) for k, v in b.items()}
-    return b
-
-
 def digest(model: torch.nn.Module) -> str:
     """The replica's weights and buffers, bit for bit (replicas must agree)."""
     h = hashlib.blake2b(digest_size=16)

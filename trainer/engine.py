@@ -234,6 +234,7 @@ class Trainer(Controls):
         else:
             self.journal = Journal(self.run_dir / "journal.sqlite")
             self.store = CheckpointStore(self.run_dir, self.journal, cfg.ring_size, cfg.keep_last)
+        self._part = (self.group.rank, self.group.world) if self.group is not None else None
         if self.group is not None:
             self._float_buffers = [b for b in self._buffers if b.is_floating_point()]
             self._numel = sum(p.numel() for p in self.params) + sum(b.numel() for b in self._float_buffers) + 1
@@ -334,10 +335,16 @@ class Trainer(Controls):
 
     def _fits_world(self, hp: HParams) -> str | None:
         """A global batch splits evenly across the ranks, or it is refused (raised at build)."""
-        if self.group is None or hp.batch_size % self.group.world == 0:
+        if self.group is None:
             return None
-        return (f"batch_size: {hp.batch_size} does not split across {self.group.world} ranks; the batch size is "
-                f"the global batch, so it must be a multiple of {self.group.world}")
+        w, rest = self.group.world, self.n_train % hp.batch_size
+        if hp.batch_size % w:
+            return (f"batch_size: {hp.batch_size} does not split across {w} ranks; the batch size is the global "
+                    f"batch, so it must be a multiple of {w}")
+        if 1 < rest < w:  # (a lone last sample joins the batch before it)
+            return (f"batch_size: each epoch would end with a batch of {rest} samples, fewer than the {w} ranks; "
+                    f"pick one that leaves none or at least {w} of the {self.n_train:,}")
+        return None
 
     def _run_info(self) -> dict:
         """What a reader shows of a run no process serves (client.offline_status)."""
@@ -434,11 +441,10 @@ class Trainer(Controls):
         if self._buffers:  # BatchNorm's running stats change in forward; keep them to undo a bad step
             torch._foreach_copy_(self._buffer_backup, self._buffers)
         try:
-            (x, y), epoch_ended = self.batches.next(hp.batch_size)
-            n = len(y)
-            if self.group is not None:  # this rank's slice of the global batch, weighted by its share
-                (x, y), mine, n = dist.shard((x, y), self.group.rank, self.group.world)
-                self._share = mine / n
+            (x, y), epoch_ended = self.batches.next(hp.batch_size, self._part)
+            n = self.batches.size  # the global batch
+            if self._part is not None:  # this rank's slice of it, weighted by its share
+                self._share = len(y) / n
             if due:
                 ins.arm()  # activation hooks for this forward only
             try:
