@@ -227,3 +227,20 @@ def test_the_sentinels_rollback_is_exact_across_ranks(tmp_path):
     x, y = losses(a), losses(b)
     assert [x[s] for s in range(101, 201)] == [y[s] for s in range(101, 201)]
     assert not events(a, "replicas") and not events(b, "replicas")
+
+
+def test_a_crash_on_one_rank_pauses_the_job_naming_it_and_resume_goes_on(tmp_path):
+    """Rank 1's model raises: it frees rank 0 from the step's all-reduce (abort), every rank undoes
+    the step, and rank 0 fails the run with rank 1's error; Resume sends rank 0's weights to all."""
+    d = tmp_path / "run"
+    env = {"PANDA_RAISE_RANK": "1", "PANDA_RAISE_CALL": "30"}
+    with job(tmp_path, "run", "--task", TASK, "--run-dir", d, "--max-steps", 100, "--keep-serving", env=env) as p:
+        c = attach(d, p)
+        wait_for(lambda: c.status().state == "error", what="the failed step")
+        st = c.status()
+        assert st.step == 29 and "rank 1 failed: RuntimeError: planted crash on rank 1" in st.error, st.error
+        assert c.resume().wait().ok
+        wait_for(lambda: c.status().state == "done", what="the run to end")
+        assert c.stop().wait().ok
+        p.wait(60)
+    assert sorted(losses(d)) == list(range(1, 101)) and not events(d, "replicas")

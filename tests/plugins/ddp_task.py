@@ -1,7 +1,7 @@
 """A task for data-parallel tests: an MLP without BatchNorm, so a 2-rank run computes what one process
 does (up to the order of floating-point sums). make_dropout adds dropout, so each rank's RNG stream
 matters to an exact resume. PANDA_NAN_RANK=r and PANDA_NAN_CALL=k make rank r's k-th training
-forward NaN, and no other rank's."""
+forward NaN, and no other rank's; PANDA_RAISE_RANK and PANDA_RAISE_CALL make it raise instead."""
 import os
 
 import torch
@@ -25,6 +25,8 @@ class Net(nn.Module):
             rank = os.environ.get("RANK", "0") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "0"
             if rank == os.environ.get("PANDA_NAN_RANK") and self.calls == int(os.environ["PANDA_NAN_CALL"]):
                 out = out * float("nan")
+            if rank == os.environ.get("PANDA_RAISE_RANK") and self.calls == int(os.environ["PANDA_RAISE_CALL"]):
+                raise RuntimeError(f"planted crash on rank {rank}")
         return out
 
 
