@@ -83,7 +83,7 @@ class Group:
             raise PeerLost(self.lost)
         try:
             return fn(*args, **kw)
-        except (RuntimeError, ValueError) as e:  # gloo/NCCL raise RuntimeError (DistBackendError) on a dead peer
+        except RuntimeError as e:  # gloo and NCCL raise DistBackendError (a RuntimeError) on a dead peer
             self.lost = self._who_is_gone(e)
             raise PeerLost(self.lost) from e
 
