@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch.distributed as dist
 
 # A paused run keeps its followers waiting in a collective; it may rest for days.
 TIMEOUT = datetime.timedelta(days=30)
+GONE_S = 2.0  # how long a failed collective waits to see which peer's process ended
 CMD, ABORT = 0, 1  # control words at the end of the flat buffer (then per-rank compute seconds and memory)
 
 
@@ -89,10 +91,14 @@ class Group:
 
     def _who_is_gone(self, e: BaseException) -> str:
         here = socket.gethostname()
-        gone = [p for p in self.peers if p.rank != self.rank and p.host == here and not _alive(p.pid)]
-        if gone:
-            return ", ".join(f"rank {p.rank} (pid {p.pid})" for p in gone) + " died"
-        return f"a collective failed ({type(e).__name__}: {str(e)[:300]})"
+        deadline = time.monotonic() + GONE_S  # a killed process closes its sockets before it is a zombie
+        while True:
+            gone = [p for p in self.peers if p.rank != self.rank and p.host == here and not _alive(p.pid)]
+            if gone:
+                return ", ".join(f"rank {p.rank} (pid {p.pid})" for p in gone) + " died"
+            if time.monotonic() > deadline:
+                return f"a collective failed ({type(e).__name__}: {str(e)[:300]})"
+            time.sleep(0.05)
 
     def close(self) -> None:
         if dist.is_initialized():
