@@ -96,6 +96,15 @@ def kill_trainers(root: Path) -> None:
                 pass
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process under `pid` (torchrun starts its ranks in process groups of their own)."""
+    try:
+        kids = [int(k) for t in Path(f"/proc/{pid}/task").iterdir() for k in (t / "children").read_text().split()]
+    except OSError:
+        return []
+    return [d for k in kids for d in (k, *descendants(k))]
+
+
 def broken_journal(d: Path, content: bytes | None) -> Path:
     """A run directory whose journal.sqlite is `content` (empty, garbage), or a directory when None."""
     d.mkdir()

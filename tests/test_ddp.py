@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, descendants
 from test_ctl import attach, wait_for
 from trainer import Reader
 from trainer.client import offline_status
@@ -52,8 +52,12 @@ def job(tmp_path, *args, env=None):
     try:
         yield p
     finally:
+        ranks = descendants(p.pid)  # torchrun starts its workers in their own process groups
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+        for pid in ranks:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         p.wait(60)
         log.close()
 

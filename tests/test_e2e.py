@@ -5,6 +5,7 @@ and timeline show it -> the restore picker lists a newer automatic checkpoint un
 saved one with an lr override -> a faded branch appears, the sidebar shows the live lr -> Pause.
 Apply is in view at 1366x768. A screenshot is kept on failure.
 """
+import contextlib
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, kill_trainers
+from conftest import ROOT, descendants, kill_trainers
 from trainer.client import RunClient, is_live, run_state
 from trainer.journal import Reader
 
@@ -562,6 +563,10 @@ def test_attach_to_a_two_rank_torchrun_job_and_change_lr(tmp_path, bare_page):
     finally:
         if server is not None:
             server.kill()
+        ranks = descendants(job.pid)
         os.killpg(job.pid, signal.SIGKILL)
+        for pid in ranks:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         job.wait(30)
         kill_trainers(runs)

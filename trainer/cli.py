@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import signal
 import sys
 import threading
@@ -299,8 +300,6 @@ def _cmd_resume(a) -> None:
 
 def _rank() -> int:
     """This process's rank in a torchrun job (0 without one)."""
-    import os
-
     return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
 
 
@@ -316,7 +315,12 @@ def _cmd_follow() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     t = Trainer.follow()
     t.join()
-    return 1 if t.group is None or t.group.lost else 0
+    # Nothing of this rank's is left to write (rank 0 owns the run). Ending here skips the
+    # interpreter's teardown, where the collectives' C++ threads could abort the process now and then
+    # ("terminate called without an active exception", 1 exit in ~12 here).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if t.group is None or t.group.lost else 0)
 
 
 def _cmd_ctl(a) -> int:
