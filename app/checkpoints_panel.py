@@ -80,6 +80,8 @@ def restore_panel() -> None:
     if not rows:
         return
     by_id = {c["id"]: c for c in rows}
+    if ss.get("_pick") in by_id:  # a checkpoint clicked on the strip under the loss chart
+        ss["restore_id"] = ss.pop("_pick")
     if ss.get("restore_id") not in by_id:
         ss["restore_id"] = rows[0]["id"]
     st.selectbox("Checkpoint", list(by_id), key="restore_id", format_func=lambda i: _label(by_id[i]))

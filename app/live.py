@@ -158,7 +158,9 @@ def _on_pick(event) -> None:
         return
     if picked[0] == ss.get("_seen_pick"):
         return
-    ss["_seen_pick"] = ss["restore_id"] = picked[0]
+    # Handed to the Restore form through a key of its own: a widget's state is dropped by any run that
+    # does not draw the widget, and the form is drawn only while its tab is open.
+    ss["_seen_pick"] = ss["_pick"] = picked[0]
     ss["main_tab"] = "Checkpoints"  # the Restore form is drawn only in its open tab: open it
     ss.setdefault("_flash", []).append(("ok", f"Checkpoint #{picked[0]} picked: Restore it in the Checkpoints tab."))
     st.rerun(scope="app")

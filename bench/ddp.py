@@ -142,7 +142,8 @@ def main() -> None:
         out = bare(a.task, a.steps) if a.worker == "bare" else panda(a.task, a.steps, a.commands)
         if out is not None and int(os.environ.get("RANK", "0")) == 0:
             print(json.dumps(out), flush=True)
-        return
+        sys.stderr.flush()
+        os._exit(0)  # as trainer/__main__.py: gloo's teardown at interpreter exit aborts now and then
 
     import torch
 

@@ -5,6 +5,7 @@ Run under torchrun; rank 0 prints the global loss of each step as a JSON list.
     torchrun --standalone --nproc-per-node 2 tests/ddp_reference.py TASK STEPS
 """
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def main(task_name: str, steps: int) -> None:
         dist.all_reduce(total)
         out.append(total.item() / world)
     if rank == 0:
-        print(json.dumps(out))
+        print(json.dumps(out), flush=True)
     dist.destroy_process_group()
+    os._exit(0)  # as trainer/__main__.py: gloo's teardown at interpreter exit aborts now and then
 
 
 if __name__ == "__main__":

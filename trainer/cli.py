@@ -315,12 +315,7 @@ def _cmd_follow() -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     t = Trainer.follow()
     t.join()
-    # Nothing of this rank's is left to write (rank 0 owns the run). Ending here skips the
-    # interpreter's teardown, where the collectives' C++ threads could abort the process now and then
-    # ("terminate called without an active exception", 1 exit in ~12 here).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1 if t.group is None or t.group.lost else 0)
+    return 1 if t.group is None or t.group.lost else 0
 
 
 def _cmd_ctl(a) -> int:
