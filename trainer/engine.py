@@ -30,6 +30,7 @@ from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Controls, Result
 from .config import ConfigError, RunConfig
 from .data import Batches, all_batches
 from .dist import Aborted, Group, PeerLost
+from .grads import FlatGrads
 from .probe import Plan, ProbeError
 from .hparams import HParamError, HParams, decayed_lr, to_dict, validate
 from .instruments import Health, Instruments, memory_bytes
@@ -215,6 +216,8 @@ class Trainer(Controls):
         # Fused kernels are used on the CPU too: they are faster there as well.
         self.optimizer = build_optimizer(cfg, self.params, self.hp, fused=True)
         self.sync_free = self.device.type == "cuda" and bool(self.optimizer.defaults.get("fused"))
+        # (under DDP the step's all-reduce packs the gradients its own way)
+        self._flat = FlatGrads(self.params) if self.group is None and FlatGrads.fits(self.params) else None
         self.amp_dtype = AMP_DTYPES[cfg.precision]
         # fp16 needs loss scaling; with a fused optimizer the scaler's step does not sync either
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
@@ -260,6 +263,8 @@ class Trainer(Controls):
         try:
             self._follow() if self.follower else self._loop()
         finally:
+            if self._flat is not None:
+                self._flat.close()
             with self._cond:  # nothing sent from now on is lost: it is answered at once
                 self._accepting = False
                 self._reject_queued("the trainer is closed")
@@ -520,7 +525,7 @@ class Trainer(Controls):
         """Gradients of `loss`, their total norm before clipping, then clipping to `clip` (0: none).
         Returns (the loss, detached, the norm). Under DDP both are the global batch's, summed over the
         ranks. Training steps and a probe's side runs share it: the same math, bit for bit."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grads()
         if self.group is not None:
             loss = loss * self._share
         if self.scaler is None:
@@ -531,9 +536,12 @@ class Trainer(Controls):
         loss = loss.detach()
         if self.group is not None:
             loss = self._reduce(loss)
-        grads = [p.grad for p in self.params if p.grad is not None]
-        # get_total_norm's own checks cost more than the norm on small models; this is its core
-        gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        if self._flat is not None:
+            gnorm = self._flat.norm()
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            # get_total_norm's own checks cost more than the norm on small models; this is its core
+            gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
         if clip:
             torch.nn.utils.clip_grads_with_norm_(self.params, clip, gnorm)
         return loss, gnorm
@@ -587,8 +595,14 @@ class Trainer(Controls):
             torch._foreach_copy_(self._buffers, self._buffer_backup)
         self._drop_grads()
 
+    def _zero_grads(self) -> None:
+        if self._flat is not None:
+            self._flat.zero()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def _drop_grads(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grads()
         if self.scaler is not None:  # forget the unscale_ of a step never taken; the scale stays as it was
             self.scaler._per_optimizer_states.clear()
 

@@ -1,0 +1,33 @@
+"""An MLP with a spare head that only some batches use (their first point has x > 0), and a
+parameter no step ever reaches: PyTorch's optimizers skip a parameter whose .grad is None, so
+momentum and weight decay must leave both alone on the steps that did not use them."""
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from trainer import Task
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, 16), nn.Tanh())
+        self.head = nn.Linear(16, 3)
+        self.spare = nn.Linear(16, 3)
+        self.never = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        h = self.body(x)
+        out = self.head(h)
+        if x[0, 0] > 0:
+            out = out + self.spare(h)
+        return out
+
+
+def make():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 2, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return Task(model=Net(), train_data=TensorDataset(x, y), val_data=TensorDataset(x[:64], y[:64]),
+                loss=nn.functional.cross_entropy,
+                defaults={"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "batch_size": 32})
