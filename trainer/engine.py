@@ -30,7 +30,7 @@ from .commands import ACCEPTS, KINDS, MAX_TEXT, Command, Controls, Result
 from .config import ConfigError, RunConfig
 from .data import Batches, all_batches
 from .dist import Aborted, Group, PeerLost
-from .grads import FlatGrads
+from .cpu_step import FlatGrads, fused_sgd_step
 from .probe import Plan, ProbeError
 from .hparams import HParamError, HParams, decayed_lr, to_dict, validate
 from .instruments import Health, Instruments, memory_bytes
@@ -568,7 +568,8 @@ class Trainer(Controls):
         """The optimizer step (through the scaler under fp16). Returns the loss scale it used: a
         float, or with `on_device` a device tensor until the read-back; None without a scaler."""
         if self.scaler is None:
-            self.optimizer.step()
+            if self._flat is None or not fused_sgd_step(self.optimizer, self._flat):
+                self.optimizer.step()
             self.optimizer.found_inf = None  # this step's flag: a later step (a side run's) must not read it
             return None
         scale = self.scaler._get_scale_async()  # update() changes it in place

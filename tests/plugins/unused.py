@@ -9,25 +9,32 @@ from trainer import Task
 
 
 class Net(nn.Module):
-    def __init__(self):
+    def __init__(self, gaps: bool):
         super().__init__()
+        self.gaps = gaps
         self.body = nn.Sequential(nn.Linear(2, 16), nn.Tanh())
         self.head = nn.Linear(16, 3)
         self.spare = nn.Linear(16, 3)
-        self.never = nn.Parameter(torch.ones(4))
+        if gaps:
+            self.never = nn.Parameter(torch.ones(4))
 
     def forward(self, x):
         h = self.body(x)
         out = self.head(h)
-        if x[0, 0] > 0:
+        if not self.gaps or x[0, 0] > 0:
             out = out + self.spare(h)
         return out
 
 
-def make():
+def make(gaps: bool = True):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(512, 2, generator=g)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
-    return Task(model=Net(), train_data=TensorDataset(x, y), val_data=TensorDataset(x[:64], y[:64]),
+    return Task(model=Net(gaps), train_data=TensorDataset(x, y), val_data=TensorDataset(x[:64], y[:64]),
                 loss=nn.functional.cross_entropy,
                 defaults={"lr": 0.1, "momentum": 0.9, "weight_decay": 0.01, "batch_size": 32})
+
+
+def make_dense():
+    """Every parameter gets a gradient every step."""
+    return make(gaps=False)
