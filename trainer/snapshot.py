@@ -45,13 +45,13 @@ def _clone(obj: Any, devices: set) -> Any:
     if isinstance(obj, dict):
         return {k: _clone(v, devices) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        if all(type(v) in _PLAIN for v in obj):  # a sentinel window or an RNG state: nothing to copy inside
+        if _PLAIN.issuperset(map(type, obj)):  # a sentinel window or an RNG state: nothing to copy inside
             return type(obj)(obj)
         return type(obj)(_clone(v, devices) for v in obj)
     return obj
 
 
-_PLAIN = (int, float, bool, str, type(None))
+_PLAIN = frozenset((int, float, bool, str, type(None)))
 
 
 def rng_state() -> dict:
