@@ -18,6 +18,7 @@ kernel launch per parameter, where a stolen gradient costs none, and foreach ker
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 
 class FlatGrads:
@@ -28,8 +29,8 @@ class FlatGrads:
         for p in params:
             self.views.append(self.flat[o:o + p.numel()].view(p.shape))
             o += p.numel()
-        self._reached: list = []
-        self._handles = [p.register_post_accumulate_grad_hook(self._reached.append) for p in params]
+        self._reached: set = set()  # distinct: a parameter reached twice (reentrant checkpointing) counts once
+        self._handles = [p.register_post_accumulate_grad_hook(self._reached.add) for p in params]
         self._attached = False
 
     @staticmethod
@@ -62,6 +63,8 @@ class FlatGrads:
                 if id(p) not in reached:
                     p.grad = None
             self._attached = False
+        # (a backward with create_graph, or a user's hook that swaps .grad, would leave stale views:
+        # the trainer does neither)
         return torch.linalg.vector_norm(self.flat)
 
     def close(self) -> None:
@@ -75,11 +78,13 @@ class FlatGrads:
 
 def fused_sgd_step(optimizer: torch.optim.Optimizer, flat: FlatGrads) -> bool:
     """Step a fused, single-group SGD with its kernel; False (nothing done) where Optimizer.step must
-    run: another optimizer, a parameter without a gradient or without a momentum buffer yet (the
-    first step creates them), a found_inf flag or a grad scale."""
+    run: another optimizer (a subclass too), step hooks, a parameter without a gradient or without a
+    momentum buffer, a found_inf flag or a grad scale."""
     groups = optimizer.param_groups
-    if (not isinstance(optimizer, torch.optim.SGD) or len(groups) != 1 or not flat.complete
-            or getattr(optimizer, "found_inf", None) is not None or getattr(optimizer, "grad_scale", None) is not None):
+    if (type(optimizer) is not torch.optim.SGD or len(groups) != 1 or not flat.complete
+            or getattr(optimizer, "found_inf", None) is not None or getattr(optimizer, "grad_scale", None) is not None
+            or optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
+            or _global_optimizer_pre_hooks or _global_optimizer_post_hooks):  # step hooks: Optimizer.step runs them
         return False
     g = groups[0]
     if not g["fused"] or g["differentiable"] or not isinstance(g["lr"], float) or len(g["params"]) != len(flat.params):

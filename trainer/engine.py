@@ -257,6 +257,8 @@ class Trainer(Controls):
             self._build(hparams, task)
         except BaseException as e:
             self._build_error = e
+            if getattr(self, "_flat", None) is not None:  # the hooks must not outlive a failed build
+                self._flat.close()
             return
         finally:
             self._built.set()
@@ -706,14 +708,17 @@ class Trainer(Controls):
                 g["betas"] = (hp.momentum, g["betas"][1])
             else:
                 g["momentum"] = hp.momentum
-        if hp.momentum and "betas" not in self.optimizer.defaults and (self.scaler is not None or self.sync_free):
+        if hp.momentum and "betas" not in self.optimizer.defaults and (
+                self.scaler is not None or self.sync_free or self._flat is not None):
             self._zero_momentum_buffers()
         self._written = (hp, lr)
 
     def _zero_momentum_buffers(self) -> None:
         """Fused SGD given found_inf on its first momentum step skips the update but keeps the buffers
-        it allocated with torch.empty_like: garbage that the next step multiplies in. Zeros give the
-        same first step bit for bit (0.9 * 0 + g == g) and survive a skipped one."""
+        it allocated with torch.empty_like: garbage that the next step multiplies in. And once some
+        parameters have buffers, a parameter reached for the first time later (an unused branch) makes
+        fused SGD raise (a None among the buffers). Zeros give the same first step bit for bit
+        (0.9 * 0 + g == g), survive a skipped one, and let the CPU's direct fused call run from step 1."""
         for p in self.params:
             st = self.optimizer.state[p]
             if st.get("momentum_buffer") is None:
