@@ -223,7 +223,9 @@ def test_babysitting_session(server, page):
     kinds = [k for (k,) in con.execute("SELECT kind FROM events ORDER BY id")]
     branch = con.execute("SELECT parent, fork_step FROM branches WHERE id = 1").fetchone()
     con.close()
-    assert branch == (0, step) and "restore" in kinds and kinds[-1] == "pause"
+    # (a checkpoint's event is written once its file is on disk, by the journal's thread: an automatic
+    # checkpoint taken just before the pause may land after the pause's event)
+    assert branch == (0, step) and "restore" in kinds and [k for k in kinds if k != "checkpoint"][-1] == "pause"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "babysitting-session.png"))
 
