@@ -1,7 +1,7 @@
 """The CPU step's fast paths (trainer/cpu_step.py: the flat gradient buffer, SGD's fused kernel called
-directly) against a hand-written PyTorch loop: the same
-weights bit for bit, with parameters some steps do not reach and one no step reaches, and the
-journaled gradient norm equal to torch's total norm of the gradients."""
+directly) against a hand-written PyTorch loop: the same weights bit for bit, with parameters some
+steps do not reach and one no step reaches, and the journaled gradient norm equal to torch's total
+norm of the gradients."""
 
 import pytest
 import torch

@@ -58,9 +58,8 @@ class FlatGrads:
         """The total 2-norm of this step's gradients; a parameter backward did not reach gets .grad
         None (its slot in the buffer is zero, so the norm is unchanged)."""
         if len(self._reached) != len(self.params):
-            reached = {id(p) for p in self._reached}
             for p in self.params:
-                if id(p) not in reached:
+                if p not in self._reached:  # (tensors hash by identity)
                     p.grad = None
             self._attached = False
         # (a backward with create_graph, or a user's hook that swaps .grad, would leave stale views:
